@@ -1,0 +1,117 @@
+"""The Python API: ``FeatureStore(path).extract(...)``. The CLI only wraps this."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from featurestore.backbone import Backbone
+from featurestore.config import ExtractConfig, ExtractSummary, ModelCard
+from featurestore.errors import ConfigError
+from featurestore.extract import run_extraction
+from featurestore.plugins import get_host
+from featurestore.sources import expand_sources
+from featurestore.store import Store
+
+
+def create_backbone(name: str, weights: str | None = None) -> Backbone:
+    """Build a registered backbone by name (``dinov2_vits14``, ``hf:<id or dir>`` …)."""
+    entry = get_host().backbones.get(name)
+    backbone = entry.factory(name, weights=weights)
+    if not isinstance(backbone, Backbone):
+        raise ConfigError(
+            f"plugin {entry.plugin!r} returned {type(backbone).__name__} for backbone {name!r}, "
+            "not a featurestore.backbone.Backbone. Fix: report this to the plugin's authors."
+        )
+    return backbone
+
+
+def list_backbones(pattern: str | None = None) -> list[dict[str, Any]]:
+    """Registered backbones (optionally filtered by a shell pattern) with their metadata."""
+    reg = get_host().backbones
+    return [{"name": e.name, "plugin": e.plugin, **e.metadata} for e in reg.entries() if e.name in reg.names(pattern)]
+
+
+class FeatureStore:
+    """A feature store in a LanceDB directory.
+
+    Example:
+        >>> fs = FeatureStore("features.lance")
+        >>> summary = fs.extract(["images/"], backbone="dinov2_vits14", dense=True)
+        >>> fs.models()[0]["rows"]
+    """
+
+    def __init__(self, path: str | Path):
+        self.store = Store(path)
+        self._backbones: dict[tuple[str, str | None], Backbone] = {}
+
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    def backbone(self, name: str, weights: str | None = None) -> Backbone:
+        """Load (once per FeatureStore) the backbone ``name``."""
+        key = (name, weights)
+        if key not in self._backbones:
+            self._backbones[key] = create_backbone(name, weights)
+        return self._backbones[key]
+
+    def extract(
+        self,
+        paths: Iterable[str | Path],
+        backbone: str,
+        *,
+        weights: str | None = None,
+        dense: bool = False,
+        batch_size: int = 32,
+        workers: int = 2,
+        device: str = "auto",
+        max_error_rate: float = 1.0,
+        max_pixels: int | None = None,
+        progress: bool = False,
+    ) -> ExtractSummary:
+        """Extract CLS (and with ``dense`` patch) features of images into this store.
+
+        Args:
+            paths: image files, directories (recursive), globs or ``@list.txt`` files.
+            backbone: registered backbone name.
+            weights: where weights come from instead of the backbone's default.
+            dense: also store patch tokens (float16).
+            batch_size: images per forward pass and per commit.
+            workers: DataLoader worker processes for decode + preprocess.
+            device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+            max_error_rate: ``ok`` is False when errors / inputs exceeds this.
+            max_pixels: decompression-bomb limit (None: Pillow's).
+            progress: show a progress bar on stderr.
+
+        Returns:
+            The run's :class:`ExtractSummary`; failed inputs are rows in ``errors``.
+        """
+        config = ExtractConfig(
+            backbone=backbone,
+            weights=weights,
+            dense=dense,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            max_error_rate=max_error_rate,
+            max_pixels=max_pixels,
+        )
+        sources = expand_sources(str(p) for p in paths)
+        return run_extraction(self.store, self.backbone(backbone, weights), sources, config, progress=progress)
+
+    def models(self) -> list[dict[str, Any]]:
+        """One dict per model: ``model_hash``, ``backbone``, ``table``, ``rows``, ``dim`` …"""
+        return self.store.models()
+
+    def card(self, ref: str) -> ModelCard:
+        """The model card for a hash, hash prefix, table name or backbone name."""
+        return self.store.card(ref)
+
+    def table(self, ref: str) -> Any:
+        """The LanceDB table of a model (see :meth:`card` for ``ref``)."""
+        return self.store.open_table(self.card(ref).table)
+
+    def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Rows of the errors table, optionally of one run."""
+        return self.store.errors(run_id)

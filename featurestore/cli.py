@@ -1,0 +1,179 @@
+"""Command line: parses, calls the Python API, prints a table (rich) or ``--json``.
+
+Exit codes: 0 success; 1 the run completed but failed its bar (nothing succeeded, or
+``--max-error-rate`` exceeded); 2 bad usage or a featurestore error before/while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from featurestore.errors import FeatureStoreError
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    _console().print(t)
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from featurestore.api import FeatureStore
+
+    fs = FeatureStore(args.store)
+    summary = fs.extract(
+        args.paths,
+        backbone=args.backbone,
+        weights=args.weights,
+        dense=args.dense,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        max_error_rate=args.max_error_rate,
+        max_pixels=args.max_pixels,
+        progress=not args.json and sys.stderr.isatty(),
+    )
+    if args.json:
+        _print_json(summary.model_dump(mode="json"))
+    else:
+        c = _console()
+        c.print(
+            f"[bold]{summary.backbone}[/] → table [cyan]{summary.table}[/] (model {summary.model_hash[:12]}) on {summary.device}\n"
+            f"inputs {summary.inputs}: written {summary.written}, already stored {summary.skipped_existing}, "
+            f"duplicate content {summary.skipped_duplicate}, errors {summary.errors} "
+            f"({summary.error_rate:.1%}) in {summary.seconds:.1f}s, {summary.images_per_second:.1f} img/s"
+        )
+        for e in summary.error_samples:
+            c.print(f"  [red]error[/] {e.stage} {e.error_type}: {e.uri}: {e.message}", markup=False, highlight=False)
+        if summary.errors > len(summary.error_samples):
+            c.print(f"  … {summary.errors - len(summary.error_samples)} more in the errors table of {summary.store}")
+        if not summary.ok:
+            c.print("[red]run failed:[/] " + ("nothing succeeded" if summary.errors == summary.inputs else f"error rate above {args.max_error_rate}"))
+    return 0 if summary.ok else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from featurestore.api import FeatureStore
+
+    models = FeatureStore(args.store).models()
+    if args.json:
+        _print_json(models)
+    else:
+        rows = [
+            (m["model_hash"][:12], m["backbone"], m["table"], m["rows"], m["dim"], "yes" if m["dense"] else "no", m["plugin"])
+            for m in models
+        ]
+        _table(f"models in {args.store}", ["hash", "backbone", "table", "rows", "dim", "dense", "plugin"], rows)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from featurestore.plugins import get_host
+
+    host = get_host()
+    records = [r.as_dict() for r in host.records]
+    if args.json:
+        conflicts = {k: reg.conflicts() for k, reg in host.registries.items() if reg.conflicts()}
+        _print_json({"plugins": records, "conflicts": conflicts})
+    else:
+        rows = []
+        for r in records:
+            regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items())
+            rows.append((r["name"], r["distribution"], r["version"], r["status"], regs, " | ".join(r["errors"])))
+        _table("featurestore plugins", ["plugin", "distribution", "version", "status", "registers", "errors"], rows)
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from featurestore.api import list_backbones
+
+    items = list_backbones(args.pattern)
+    if args.json:
+        _print_json(items)
+    else:
+        rows = [(b["name"], b.get("dim"), b.get("patch_size"), b.get("source"), b["plugin"], b.get("summary")) for b in items]
+        _table("backbones", ["name", "dim", "patch", "source", "plugin", "summary"], rows)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="featurestore", description="Versioned image features in LanceDB, keyed by model hash.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("extract", help="extract CLS (and patch) features of images into a store")
+    e.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive), globs, or @list.txt")
+    e.add_argument("--backbone", "-b", required=True, help="backbone name (see `featurestore backbones`)")
+    e.add_argument("--store", "-s", required=True, help="LanceDB store directory (created if missing)")
+    e.add_argument("--weights", help="load weights from here instead (hub id, directory or file)")
+    e.add_argument("--dense", action="store_true", help="also store patch tokens (float16)")
+    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass and per commit (default 32)")
+    e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    e.add_argument("--max-error-rate", type=float, default=1.0, help="exit 1 when errors/inputs exceeds this (default 1.0)")
+    e.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit in pixels (default: Pillow's)")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e.set_defaults(func=cmd_extract)
+
+    m = sub.add_parser("models", help="list the models (feature tables) in a store")
+    m.add_argument("--store", "-s", required=True)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    pl = sub.add_parser("plugins", help="list plugins, what they register, and load errors")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
+
+    bb = sub.add_parser("backbones", help="list registered backbones")
+    bb.add_argument("pattern", nargs="?", help="shell pattern, e.g. 'dinov2_*'")
+    bb.add_argument("--json", action="store_true")
+    bb.set_defaults(func=cmd_backbones)
+    return p
+
+
+def _version() -> str:
+    from featurestore import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FeatureStoreError as exc:
+        if getattr(args, "json", False):
+            _print_json({"error": type(exc).__name__, "message": str(exc)})
+        sys.stderr.write(f"featurestore: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("featurestore: interrupted; committed batches are kept, re-run to finish\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Pydantic models for what featurestore writes down: model cards, run configs, summaries.
+
+Their JSON Schemas live in ``schemas/`` (``python -m featurestore.schemas`` rewrites
+them; a test fails when they drift).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TokenLayout(_Model):
+    """Where the stored patch tokens come from in the backbone's token sequence."""
+
+    grid_h: int = Field(description="rows of patch tokens")
+    grid_w: int = Field(description="columns of patch tokens; patches are stored row-major, N = grid_h * grid_w")
+    patch_size: int = Field(description="input pixels per patch side (or the feature-map stride for CNNs)")
+    num_prefix_tokens: int = Field(description="tokens before the first patch token, all dropped from `patches`")
+    num_register_tokens: int = Field(0, description="register tokens among the prefix: neither CLS nor patches")
+    cls_source: str = Field(description="what the stored `cls` vector is, e.g. 'last_hidden_state[:, 0]'")
+    input_h: int = Field(description="height in pixels of the preprocessed model input")
+    input_w: int = Field(description="width in pixels of the preprocessed model input")
+
+
+class ModelCard(_Model):
+    """Everything needed to know which model produced a feature table. One row of `models`."""
+
+    model_hash: str = Field(description="SHA-256 of weights + preprocessing + output spec; keys the table")
+    weights_sha256: str = Field(description="SHA-256 of the weight tensors alone (name, dtype, shape, bytes)")
+    backbone: str = Field(description="backbone name as asked for, e.g. 'dinov2_vits14' or 'hf:/models/vit'")
+    table: str = Field(description="LanceDB table holding this model's features")
+    plugin: str = Field(description="distribution that provided the backbone")
+    plugin_version: str = Field(description="its version")
+    weights_source: str = Field(description="hub id, directory or file the weights were loaded from")
+    weights_revision: str | None = Field(None, description="hub commit of the weights, when known")
+    architecture: str = Field(description="model class, e.g. 'Dinov2Model'")
+    dim: int = Field(description="width D of `cls` and of each patch token")
+    dense: bool = Field(description="whether rows hold patch tokens")
+    token_layout: TokenLayout | None = Field(None, description="patch token layout (for the fixed input size)")
+    preprocessing: dict[str, Any] = Field(description="canonical preprocessing spec (hashed)")
+    output_spec: dict[str, Any] = Field(description="canonical output spec: layer, tokens, dtypes (hashed)")
+    decode_policy: dict[str, Any] = Field(description="how image files become RGB pixels (hashed)")
+    cls_dtype: str = Field("float32", description="storage dtype of `cls`")
+    patch_dtype: str | None = Field(None, description="storage dtype of `patches`, when dense")
+    compute_dtype: str = Field("float32", description="dtype of the forward pass")
+    library_versions: dict[str, str] = Field(description="versions of the libraries that computed the features")
+    created_at: datetime = Field(description="when this card was first written (UTC)")
+
+
+class ExtractConfig(_Model):
+    """Options of one extraction run (``featurestore extract``)."""
+
+    backbone: str = Field(description="registered backbone name, or a family name like 'hf:<id or dir>'")
+    weights: str | None = Field(None, description="override where weights come from (hub id, directory or file)")
+    dense: bool = Field(False, description="also store the patch tokens (float16)")
+    batch_size: int = Field(32, ge=1, description="images per forward pass and per store commit")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes for decode + preprocess (0: in-process)")
+    device: str = Field("auto", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")
+    max_error_rate: float = Field(1.0, ge=0.0, le=1.0, description="fail the run when errors / inputs exceeds this")
+    max_pixels: int | None = Field(None, ge=1, description="decompression-bomb limit; None: Pillow's own limit")
+
+
+class ErrorRecord(_Model):
+    """One input that could not be turned into features. One row of `errors`."""
+
+    id: str | None = Field(None, description="content hash, when the bytes could be read")
+    uri: str = Field(description="path of the input")
+    stage: Literal["read", "decode", "preprocess", "forward", "write"] = Field(description="where it failed")
+    error_type: str = Field(description="error class name, e.g. 'TruncatedImageError'")
+    message: str = Field(description="what went wrong and how to fix it")
+
+
+class ExtractSummary(_Model):
+    """What one extraction run did (``featurestore extract --json`` prints this)."""
+
+    run_id: str
+    store: str
+    backbone: str
+    model_hash: str
+    table: str
+    dense: bool
+    device: str
+    inputs: int = Field(description="input files after expanding directories, globs and @lists")
+    written: int = Field(description="new rows committed by this run")
+    skipped_existing: int = Field(description="inputs whose content was already in the table (not recomputed)")
+    skipped_duplicate: int = Field(description="inputs whose content appeared earlier in this run under another path")
+    errors: int = Field(description="inputs that failed; each is a row in the `errors` table")
+    error_rate: float
+    seconds: float
+    images_per_second: float = Field(description="written rows per second of wall time")
+    error_samples: list[ErrorRecord] = Field(default_factory=list, description="the first errors, for the summary")
+    ok: bool = Field(description="false when nothing succeeded or max_error_rate was exceeded")
+
+
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "model_card": ModelCard,
+    "extract_config": ExtractConfig,
+    "extract_summary": ExtractSummary,
+    "error_record": ErrorRecord,
+    "token_layout": TokenLayout,
+}

@@ -1,0 +1,236 @@
+"""The extraction run: DataLoader workers → batched forward → batched idempotent writes.
+
+Memory stays flat in the number of images: only the file list, the set of ids already
+stored, and one batch in flight per worker are held. Each forward batch is committed
+before the next is computed, so a killed run loses at most its open batch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from featurestore import __version__
+from featurestore.backbone import Backbone
+from featurestore.config import ErrorRecord, ExtractConfig, ExtractSummary, ModelCard, TokenLayout
+from featurestore.errors import ConfigError, StoreError
+from featurestore.hashing import model_hash, weights_sha256
+from featurestore.loader import Batch, SourceDataset, make_loader
+from featurestore.media import DECODE_POLICY
+from featurestore.store import Store, feature_batch, table_name_for
+
+MAX_ERROR_SAMPLES = 20
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → cuda when available; a cuda device that is not there is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}. Fix: use cpu, cuda, cuda:N or auto.") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device. Fix: --device cpu.")
+    return dev
+
+
+def build_card(backbone: Backbone, backbone_name: str, *, dense: bool) -> ModelCard:
+    """Hash the model and write down everything that determines its features."""
+    spec = {
+        "preprocessing": backbone.preprocess_spec(),
+        "output": backbone.output_spec(dense),
+        "decode": DECODE_POLICY,
+    }
+    wdigest = weights_sha256(backbone.named_tensors())
+    mhash = model_hash(wdigest, spec)
+    info = backbone.card_info()
+    layout = info.get("token_layout")
+    return ModelCard(
+        model_hash=mhash,
+        weights_sha256=wdigest,
+        backbone=backbone_name,
+        table=table_name_for(backbone_name, mhash),
+        plugin=info["plugin"],
+        plugin_version=info["plugin_version"],
+        weights_source=info["weights_source"],
+        weights_revision=info.get("weights_revision"),
+        architecture=info["architecture"],
+        dim=backbone.dim,
+        dense=dense,
+        token_layout=TokenLayout.model_validate(layout) if layout else None,
+        preprocessing=spec["preprocessing"],
+        output_spec=spec["output"],
+        decode_policy=DECODE_POLICY,
+        patch_dtype="float16" if dense else None,
+        library_versions={"featurestore": __version__, "torch": torch.__version__, **info.get("library_versions", {})},
+        created_at=datetime.now(timezone.utc),
+    )
+
+
+class _Progress:
+    """A rich progress bar on stderr with images/s, or nothing."""
+
+    def __init__(self, total: int, enabled: bool, label: str):
+        self._bar: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.1f} img/s"),
+                TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
+            )
+            self._task = self._bar.add_task(label, total=total, rate=0.0)
+            self._bar.start()
+        self._t0 = time.perf_counter()
+        self._done = 0
+
+    def advance(self, n: int, computed: int) -> None:
+        self._done += computed
+        if self._bar is not None:
+            rate = self._done / max(time.perf_counter() - self._t0, 1e-9)
+            self._bar.update(self._task, advance=n, rate=rate)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def run_extraction(
+    store: Store,
+    backbone: Backbone,
+    sources: list[str],
+    config: ExtractConfig,
+    *,
+    progress: bool = False,
+) -> ExtractSummary:
+    """Extract features for ``sources`` into the table of ``backbone``'s model hash."""
+    device = resolve_device(config.device)
+    card = build_card(backbone, config.backbone, dense=config.dense)
+    table = store.register_model(card)
+    existing = frozenset(store.existing_ids(table))
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    backbone.to(device)
+
+    dataset = SourceDataset(sources, backbone.preprocessor(), existing, config.max_pixels)
+    loader = make_loader(dataset, batch_size=config.batch_size, workers=config.workers, pin_memory=device.type == "cuda")
+    schema = table.schema
+    seen: set[str] = set()
+    written = skipped_existing = skipped_dup = 0
+    errors: list[ErrorRecord] = []
+    error_budget = config.max_error_rate * len(sources)
+    bar = _Progress(len(sources), progress, config.backbone)
+    t0 = time.perf_counter()
+    try:
+        for batch in loader:
+            batch_errors = list(batch.errors)
+            skipped_existing += len(batch.skipped)
+            n_new = 0
+            for group in batch.groups:
+                keep = []
+                for i, meta in enumerate(group.metas):
+                    if meta.id in seen:  # same bytes under another path, earlier in this run
+                        skipped_dup += 1
+                    else:
+                        seen.add(meta.id)
+                        keep.append(i)
+                if not keep:
+                    continue
+                metas = [group.metas[i] for i in keep]
+                px = group.pixel_values if len(keep) == len(group.metas) else group.pixel_values[keep]
+                try:
+                    rows = _forward_rows(backbone, px, metas, device, config.dense, schema, run_id)
+                except Exception as exc:  # e.g. out of memory: record, go on
+                    batch_errors += [
+                        ErrorRecord(id=m.id, uri=m.uri, stage="forward", error_type=type(exc).__name__, message=str(exc)[:2000])
+                        for m in metas
+                    ]
+                    for m in metas:
+                        seen.discard(m.id)
+                    continue
+                try:
+                    store.write_features(table, rows)
+                except Exception as exc:
+                    raise StoreError(
+                        f"writing {rows.num_rows} rows to table {card.table} in {store.path} failed: {exc}. "
+                        f"Rows committed before this batch are kept; re-run to finish."
+                    ) from exc
+                n_new += rows.num_rows
+            written += n_new
+            if batch_errors:
+                store.write_errors(batch_errors, run_id=run_id, model_hash=card.model_hash, backbone=card.backbone)
+                errors += batch_errors
+            bar.advance(len(batch), n_new)
+            if config.max_error_rate < 1.0 and len(errors) > error_budget:
+                break  # the limit is already exceeded: finishing cannot bring the rate back
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    rate = len(errors) / len(sources) if sources else 0.0
+    succeeded = written + skipped_existing + skipped_dup
+    return ExtractSummary(
+        run_id=run_id,
+        store=store.path,
+        backbone=config.backbone,
+        model_hash=card.model_hash,
+        table=card.table,
+        dense=config.dense,
+        device=str(device),
+        inputs=len(sources),
+        written=written,
+        skipped_existing=skipped_existing,
+        skipped_duplicate=skipped_dup,
+        errors=len(errors),
+        error_rate=rate,
+        seconds=seconds,
+        images_per_second=written / seconds if seconds > 0 else 0.0,
+        error_samples=errors[:MAX_ERROR_SAMPLES],
+        ok=(succeeded > 0 or not sources) and rate <= config.max_error_rate,
+    )
+
+
+def _forward_rows(
+    backbone: Backbone,
+    pixel_values: torch.Tensor,
+    metas: list,
+    device: torch.device,
+    dense: bool,
+    schema: Any,
+    run_id: str,
+) -> Any:
+    with torch.inference_mode():
+        out = backbone.forward(pixel_values.to(device, non_blocking=True), dense=dense)
+        cls = out.cls.float().cpu().numpy()  # (B, D)
+        patches = None
+        grids = None
+        if dense:
+            if out.patches is None:
+                raise RuntimeError(f"backbone {backbone.name} returned no patch tokens although dense output was asked for")
+            p = out.patches.to(torch.float16).cpu().numpy()  # (B, N, D)
+            patches = list(p)
+            grids = [(out.layout.grid_h, out.layout.grid_w)] * len(metas)
+    return feature_batch(
+        schema,
+        ids=[m.id for m in metas],
+        uris=[m.uri for m in metas],
+        sizes=[m.size for m in metas],
+        crop_boxes=np.asarray([m.crop_box for m in metas], np.float32),
+        cls=cls,
+        patches=patches,
+        grids=grids,
+        run_id=run_id,
+    )
+
+
+__all__ = ["run_extraction", "build_card", "resolve_device", "Batch"]

@@ -1,0 +1,263 @@
+"""LanceDB storage: the `models` catalog, one feature table per model hash, `errors`.
+
+Feature rows are keyed by ``id`` (SHA-256 of the source bytes). Writes go through
+``merge_insert("id")`` inserting only unseen ids, so a batch committed twice — by a
+re-run, or by two runs at once — never duplicates a row.
+
+Dense patch tokens are stored as ``list<fixed_size_list<float16, D>>`` (LanceDB's
+multivector type). A FixedSizeList of FixedSizeList is never used: LanceDB 0.40 cannot
+read such a column back at real sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from featurestore.config import ErrorRecord, ModelCard
+from featurestore.errors import MissingDependencyError, StoreError, UnknownModelError
+
+if TYPE_CHECKING:
+    import lancedb
+
+MODELS_TABLE = "models"
+ERRORS_TABLE = "errors"
+_TS = pa.timestamp("us", tz="UTC")
+
+MODELS_SCHEMA = pa.schema(
+    [
+        pa.field("model_hash", pa.string(), nullable=False),
+        pa.field("backbone", pa.string()),
+        pa.field("table", pa.string()),
+        pa.field("dim", pa.int32()),
+        pa.field("dense", pa.bool_()),
+        pa.field("card", pa.string()),  # the full ModelCard as JSON
+        pa.field("created_at", _TS),
+    ]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("uri", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("error_type", pa.string()),
+        pa.field("message", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("model_hash", pa.string()),
+        pa.field("backbone", pa.string()),
+        pa.field("created_at", _TS),
+    ]
+)
+
+
+def table_name_for(backbone: str, model_hash: str) -> str:
+    """``<backbone slug>-<first 12 hex of the hash>``; LanceDB allows ``[A-Za-z0-9_.-]``."""
+    slug = re.sub(r"[^a-z0-9]+", "_", backbone.lower()).strip("_")[-48:].strip("_") or "model"
+    return f"{slug}-{model_hash[:12]}"
+
+
+def feature_schema(dim: int, dense: bool) -> pa.Schema:
+    """Schema of a feature table for width ``dim``."""
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("crop_box", pa.list_(pa.float32(), 4)),
+        pa.field("cls", pa.list_(pa.float32(), dim)),
+    ]
+    if dense:
+        fields += [
+            pa.field("patches", pa.list_(pa.list_(pa.float16(), dim))),
+            pa.field("grid_h", pa.int16()),
+            pa.field("grid_w", pa.int16()),
+        ]
+    fields += [pa.field("run_id", pa.string()), pa.field("created_at", _TS)]
+    return pa.schema(fields)
+
+
+def feature_batch(
+    schema: pa.Schema,
+    *,
+    ids: Sequence[str],
+    uris: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    crop_boxes: np.ndarray,  # (B, 4)
+    cls: np.ndarray,  # (B, D)
+    patches: Sequence[np.ndarray] | None,  # B arrays of (N_i, D)
+    grids: Sequence[tuple[int, int]] | None,  # B (grid_h, grid_w), with patches
+    run_id: str,
+) -> pa.Table:
+    """Build one Arrow batch of feature rows in exactly the layout the store writes."""
+    n = len(ids)
+    dim = cls.shape[1]
+    cols: dict[str, pa.Array] = {
+        "id": pa.array(list(ids), pa.string()),
+        "uri": pa.array(list(uris), pa.string()),
+        "width": pa.array([s[0] for s in sizes], pa.int32()),
+        "height": pa.array([s[1] for s in sizes], pa.int32()),
+        "crop_box": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(crop_boxes, np.float32).reshape(-1)), 4),
+        "cls": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(cls, np.float32).reshape(-1)), dim),
+    }
+    if "patches" in schema.names:
+        if patches is None or grids is None:
+            raise ValueError("this table is dense: patches and grids are required")
+        counts = np.array([p.shape[0] for p in patches], dtype=np.int64)
+        flat = np.concatenate([np.asarray(p, np.float16).reshape(-1) for p in patches])
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+        cols["patches"] = pa.ListArray.from_arrays(offsets, inner)
+        cols["grid_h"] = pa.array([g[0] for g in grids], pa.int16())
+        cols["grid_w"] = pa.array([g[1] for g in grids], pa.int16())
+    now = datetime.now(timezone.utc)
+    cols["run_id"] = pa.array([run_id] * n, pa.string())
+    cols["created_at"] = pa.array([now] * n, _TS)
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def _connect(path: str) -> "lancedb.DBConnection":
+    try:
+        import lancedb
+    except ImportError as exc:  # pragma: no cover - lancedb is a hard dependency
+        raise MissingDependencyError("lancedb", "the feature store") from exc
+    return lancedb.connect(path)
+
+
+class Store:
+    """A LanceDB database directory holding the catalog, feature tables and errors."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._db: Any = None
+
+    @property
+    def db(self) -> "lancedb.DBConnection":
+        if self._db is None:
+            self._db = _connect(self.path)
+        return self._db
+
+    # -- tables --------------------------------------------------------------
+    def table_names(self) -> list[str]:
+        names: list[str] = []
+        token = None
+        while True:
+            resp = self.db.list_tables(page_token=token)
+            names.extend(resp.tables)
+            token = resp.page_token
+            if not token:
+                return names
+
+    def _open_or_create(self, name: str, schema: pa.Schema) -> Any:
+        if name in self.table_names():
+            return self.db.open_table(name)
+        return self.db.create_table(name, schema=schema, exist_ok=True)
+
+    def open_table(self, name: str) -> Any:
+        if name not in self.table_names():
+            raise UnknownModelError(f"table {name!r} does not exist in store {self.path}")
+        return self.db.open_table(name)
+
+    # -- catalog ---------------------------------------------------------------
+    def register_model(self, card: ModelCard) -> Any:
+        """Add the card to `models` (once per hash) and return the feature table."""
+        models = self._open_or_create(MODELS_TABLE, MODELS_SCHEMA)
+        row = pa.Table.from_pylist(
+            [
+                {
+                    "model_hash": card.model_hash,
+                    "backbone": card.backbone,
+                    "table": card.table,
+                    "dim": card.dim,
+                    "dense": card.dense,
+                    "card": card.model_dump_json(),
+                    "created_at": card.created_at,
+                }
+            ],
+            schema=MODELS_SCHEMA,
+        )
+        models.merge_insert("model_hash").when_not_matched_insert_all().execute(row)
+        return self._open_or_create(card.table, feature_schema(card.dim, card.dense))
+
+    def cards(self) -> list[ModelCard]:
+        if MODELS_TABLE not in self.table_names():
+            return []
+        rows = self.db.open_table(MODELS_TABLE).to_arrow().sort_by("created_at").to_pylist()
+        return [ModelCard.model_validate_json(r["card"]) for r in rows]
+
+    def card(self, ref: str) -> ModelCard:
+        """Find a model by full hash, hash prefix (≥ 6 hex), table name or backbone name."""
+        cards = self.cards()
+        exact = [c for c in cards if ref in (c.model_hash, c.table)]
+        if exact:
+            return exact[0]
+        matches = [c for c in cards if (len(ref) >= 6 and c.model_hash.startswith(ref)) or c.backbone == ref]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(f"{c.table} ({c.backbone})" for c in cards) or "(none yet: run featurestore extract)"
+        if matches:
+            raise UnknownModelError(
+                f"{ref!r} matches {len(matches)} models in {self.path}: "
+                f"{', '.join(c.table for c in matches)}. Fix: pass the table name or a longer hash prefix."
+            )
+        raise UnknownModelError(f"no model {ref!r} in store {self.path}. Known: {known}")
+
+    def models(self) -> list[dict[str, Any]]:
+        """One summary per model: ``model_hash``, ``backbone``, ``table``, ``rows``, ``dim`` …"""
+        out = []
+        names = set(self.table_names())
+        for c in self.cards():
+            rows = self.db.open_table(c.table).count_rows() if c.table in names else 0
+            out.append(
+                {
+                    "model_hash": c.model_hash,
+                    "backbone": c.backbone,
+                    "table": c.table,
+                    "rows": rows,
+                    "dim": c.dim,
+                    "dense": c.dense,
+                    "token_layout": c.token_layout.model_dump() if c.token_layout else None,
+                    "weights_source": c.weights_source,
+                    "plugin": f"{c.plugin} {c.plugin_version}",
+                    "created_at": c.created_at.isoformat(),
+                }
+            )
+        return out
+
+    # -- feature rows ----------------------------------------------------------
+    @staticmethod
+    def existing_ids(table: Any) -> set[str]:
+        if table.count_rows() == 0:
+            return set()
+        # a projected scan: only the id column is read, never the features
+        return set(table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist())
+
+    @staticmethod
+    def write_features(table: Any, batch: pa.Table) -> None:
+        """Insert rows whose ``id`` is not yet in ``table`` (one atomic commit)."""
+        if batch.num_rows:
+            table.merge_insert("id").when_not_matched_insert_all().execute(batch)
+
+    # -- errors ----------------------------------------------------------------
+    def write_errors(self, records: Sequence[ErrorRecord], *, run_id: str, model_hash: str, backbone: str) -> None:
+        if not records:
+            return
+        now = datetime.now(timezone.utc)
+        rows = [dict(r.model_dump(), run_id=run_id, model_hash=model_hash, backbone=backbone, created_at=now) for r in records]
+        self._open_or_create(ERRORS_TABLE, ERRORS_SCHEMA).add(pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA))
+
+    def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        if ERRORS_TABLE not in self.table_names():
+            return []
+        rows = self.db.open_table(ERRORS_TABLE).to_arrow().sort_by("created_at").to_pylist()
+        return [r for r in rows if run_id is None or r["run_id"] == run_id]
+
+
+def card_json(card: ModelCard) -> dict[str, Any]:
+    return json.loads(card.model_dump_json())

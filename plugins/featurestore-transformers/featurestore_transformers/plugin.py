@@ -1,0 +1,52 @@
+"""Entry point module: registers the DINOv2 family and the ``hf:`` family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from featurestore import hookimpl
+
+# name -> (hub id, width, register tokens)
+DINOV2: dict[str, tuple[str, int, int]] = {
+    "dinov2_vits14": ("facebook/dinov2-small", 384, 0),
+    "dinov2_vitb14": ("facebook/dinov2-base", 768, 0),
+    "dinov2_vitl14": ("facebook/dinov2-large", 1024, 0),
+    "dinov2_vitg14": ("facebook/dinov2-giant", 1536, 0),
+    "dinov2_vits14_reg": ("facebook/dinov2-with-registers-small", 384, 4),
+    "dinov2_vitb14_reg": ("facebook/dinov2-with-registers-base", 768, 4),
+    "dinov2_vitl14_reg": ("facebook/dinov2-with-registers-large", 1024, 4),
+    "dinov2_vitg14_reg": ("facebook/dinov2-with-registers-giant", 1536, 4),
+}
+
+
+def _named_factory(name: str, weights: str | None = None, **_: Any):
+    from featurestore_transformers.backbone import load_backbone
+
+    hub_id, dim, _regs = DINOV2[name]
+    return load_backbone(name, weights or hub_id, expect_dim=dim, default_source=hub_id)
+
+
+def _hf_factory(name: str, weights: str | None = None, **_: Any):
+    from featurestore_transformers.backbone import load_backbone
+
+    return load_backbone(name, weights or name.removeprefix("hf:"))
+
+
+@hookimpl
+def register_backbones(register) -> None:
+    for name, (hub_id, dim, regs) in DINOV2.items():
+        register(
+            name,
+            _named_factory,
+            summary=f"DINOv2 ViT-{name.split('_vit')[1][0].upper()}/14" + (" with 4 registers" if regs else ""),
+            dim=dim,
+            patch_size=14,
+            register_tokens=regs,
+            source=hub_id,
+        )
+    register(
+        "hf:",
+        _hf_factory,
+        summary="any transformers vision model with a CLS token (ViT, MAE, DINOv2, CLIP vision, DeiT, BEiT): hf:<hub id or dir>",
+        source="hf:<hub id or local directory>",
+    )
