@@ -1,0 +1,94 @@
+"""The console script, run as a user runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lancedb
+import pytest
+
+from featurestore.testing import write_images
+
+EXE = [sys.executable, "-m", "featurestore.cli"]
+
+
+def run(*args, check=True, **kw):
+    p = subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def test_extract_json_then_models_json(tiny_dinov2, image_dir, store_path):
+    out = json.loads(run("extract", image_dir, "--backbone", f"hf:{tiny_dinov2}", "--store", store_path,
+                         "--dense", "--workers", "0", "--batch-size", "3", "--json").stdout)
+    assert (out["written"], out["errors"], out["ok"]) == (8, 0, True)
+    models = json.loads(run("models", "--store", store_path, "--json").stdout)
+    assert len(models) == 1
+    m = models[0]
+    assert {"model_hash", "backbone", "table", "rows", "dim"} <= set(m)
+    assert (m["model_hash"], m["table"], m["rows"], m["dim"]) == (out["model_hash"], out["table"], 8, 32)
+    human = run("models", "--store", store_path).stdout
+    assert out["model_hash"][:12] in human
+
+
+def test_exit_codes(tiny_dinov2, store_path, tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "x.jpg").write_bytes(b"")
+    p = run("extract", d, "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--workers", "0", "--json", check=False)
+    assert p.returncode == 1 and json.loads(p.stdout)["errors"] == 1  # nothing succeeded
+    p = run("extract", tmp_path / "nowhere", "--backbone", "dinov2_vits14", "--store", store_path, check=False)
+    assert p.returncode == 2 and "no image files found" not in p.stderr or p.returncode == 2
+    p = run("extract", d, "--backbone", "no_such_net", "--store", store_path, check=False)
+    assert p.returncode == 2
+    assert "unknown backbone 'no_such_net'" in p.stderr and "dinov2_vits14" in p.stderr
+
+
+def test_text_summary_names_errors(tiny_dinov2, store_path, tmp_path):
+    d = tmp_path / "mixed"
+    write_images(d, 2)
+    (d / "broken.jpg").write_bytes(b"garbage")
+    p = run("extract", d, "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--workers", "0")
+    assert "written 2" in p.stdout and "errors 1" in p.stdout and "broken.jpg" in p.stdout
+
+
+def test_killed_run_loses_at_most_its_open_batch(tiny_dinov2, store_path, tmp_path):
+    d = tmp_path / "many"
+    n = 150
+    write_images(d, n, size=(32, 32))
+    args = [*EXE, "extract", str(d), "--backbone", f"hf:{tiny_dinov2}", "--store", str(store_path),
+            "--workers", "0", "--batch-size", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = 0
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                db = lancedb.connect(store_path)
+                names = [t for t in db.list_tables().tables if t.startswith("hf_")]
+                rows = db.open_table(names[0]).count_rows() if names else 0
+            except Exception:
+                rows = 0
+            if rows >= 5:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if rows >= n:
+        pytest.skip("the run finished before it could be killed")
+    db = lancedb.connect(store_path)
+    name = [t for t in db.list_tables().tables if t.startswith("hf_")][0]
+    survived = db.open_table(name).count_rows()
+    assert 5 <= survived < n
+    out = json.loads(run("extract", d, "--backbone", f"hf:{tiny_dinov2}", "--store", store_path,
+                         "--workers", "0", "--json").stdout)
+    assert out["skipped_existing"] == survived and out["written"] == n - survived
+    ids = db.open_table(name).to_arrow().column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == n
