@@ -14,6 +14,7 @@ Environment variables (comma-separated entry point or distribution names):
 from __future__ import annotations
 
 import os
+import re
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -56,8 +57,13 @@ class PluginRecord:
         }
 
 
+def _norm(name: str) -> str:
+    """Distribution names compare normalised (PEP 503): ``Foo_Bar`` == ``foo-bar``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _split_env(var: str) -> set[str]:
-    return {p.strip() for p in os.environ.get(var, "").split(",") if p.strip()}
+    return {_norm(p.strip()) for p in os.environ.get(var, "").split(",") if p.strip()}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -87,7 +93,7 @@ class PluginHost:
             version = ep.dist.version if ep.dist is not None else None
             rec = PluginRecord(ep.name, ep.value, dist, version)
             self.records.append(rec)
-            keys = {ep.name, dist or ""}
+            keys = {_norm(ep.name), _norm(dist or "")}
             if (allow and not keys & allow) or keys & block:
                 rec.status = "disabled"
                 continue
@@ -96,11 +102,19 @@ class PluginHost:
                 self.pm.register(module, name=ep.name)
             except Exception as exc:  # a broken plugin is named, not fatal
                 rec.status = "failed"
-                rec.errors.append(f"import failed: {_one_line(exc)}")
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self._record_error(getattr(exc, "plugin_name", None), f"invalid hook: {exc}")
+                what = "invalid hook" if isinstance(exc, pluggy.PluginValidationError) else "import failed"
+                rec.errors.append(f"{what}: {_one_line(exc)}")
+                # pluggy keeps the hooks it added before refusing one: a failed plugin contributes nothing
+                if self.pm.get_plugin(ep.name) is not None:
+                    self.pm.unregister(name=ep.name)
+        while True:  # one PluginValidationError per plugin with a hook that has no spec
+            try:
+                self.pm.check_pending()
+                break
+            except pluggy.PluginValidationError as exc:
+                name = self.pm.get_name(exc.plugin)
+                self._record_error(name, f"invalid hook: {exc}")
+                self.pm.unregister(exc.plugin)
         for kind in KINDS:
             self._call_register_hook(kind)
 

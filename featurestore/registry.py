@@ -83,8 +83,10 @@ class Registry:
         """Return the entry for ``name`` (exact name first, then its family)."""
         if name in self._conflicts:
             raise self._duplicate_error(name)
-        if name in self._entries:
+        if name in self._entries and not self._entries[name].is_family:
             return self._entries[name]
+        if name in self._entries:  # a bare family name: "hf:" with nothing after it
+            raise UnknownNameError(f"{self.kind} {name!r} needs a name after the colon, e.g. {name}<id or path>")
         if ":" in name:
             family = name.split(":", 1)[0] + ":"
             if family in self._conflicts:

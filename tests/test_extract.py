@@ -138,3 +138,9 @@ def test_forkserver_workers_match_in_process(tiny_dinov2, image_dir, tmp_path):
     np.testing.assert_allclose(
         np.array(ta.column("cls").to_pylist()), np.array(tb.column("cls").to_pylist()), atol=1e-5
     )
+
+
+def test_progress_bar_reports_images_per_second(tiny_dinov2, image_dir, store_path, capsys):
+    _extract(store_path, [image_dir], tiny_dinov2, progress=True)
+    err = capsys.readouterr().err
+    assert "img/s" in err and "8/8" in err
