@@ -94,14 +94,14 @@ class HFPreprocessor:
         cw, ch = rw, rh
         if getattr(p, "do_center_crop", False):
             ch, cw = _size_get(p.crop_size, "height"), _size_get(p.crop_size, "width")
-            if type(p).__name__.endswith("Pil"):  # transformers' numpy center_crop floors
-                top, left = (rh - ch) // 2, (rw - cw) // 2
-            else:  # torchvision's center_crop rounds
+            if type(p).__name__.endswith("Fast"):  # transformers 4 fast processors: torchvision's center_crop rounds
                 top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+            else:  # transformers' numpy center_crop and transformers 5's torchvision backend floor
+                top, left = (rh - ch) // 2, (rw - cw) // 2
         if (ch, cw) != tuple(out_hw):
             return (math.nan,) * 4  # type: ignore[return-value]
-        sx, sy = w / rw, h / rh
-        return (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+        # multiply before dividing: a crop reaching the resized image's edge maps exactly to w / h
+        return (left * w / rw, top * h / rh, (left + cw) * w / rw, (top + ch) * h / rh)
 
 
 class HFBackbone(Backbone):

@@ -40,7 +40,15 @@ def make_tiny_model(directory: Path, kind: str = "dinov2", *, safe_serialization
     else:
         raise ValueError(f"unknown tiny model kind {kind!r}; choose from {KINDS}")
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=safe_serialization)
+    model.save_pretrained(directory)
+    if not safe_serialization:
+        # transformers 5 ignores save_pretrained(safe_serialization=False) and always writes
+        # safetensors: write the very same tensors as a pickled pytorch_model.bin instead.
+        from safetensors.torch import load_file
+
+        st = directory / "model.safetensors"
+        torch.save(load_file(st), directory / "pytorch_model.bin")
+        st.unlink()
     proc.save_pretrained(directory)
     return directory
 

@@ -1,0 +1,76 @@
+"""The real DINOv2 ViT-S/14 from the Hugging Face hub (needs network; skipped without)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore import FeatureStore
+from featurestore.testing import write_images
+
+HUB = ("huggingface.co", 443)
+
+
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """None when a TLS connection to the hub opens within ``timeout`` s, else why not.
+
+    The connect runs in a daemon thread so a slow DNS lookup (which the socket timeout
+    does not cover) cannot hang the test run either.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    result: dict[str, str | None] = {}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(HUB, timeout=timeout) as sock:
+                # a TLS handshake too: some sandboxes accept any TCP connection
+                with ssl.create_default_context().wrap_socket(sock, server_hostname=HUB[0]):
+                    result["reason"] = None
+        except OSError as exc:  # ssl.SSLError is an OSError
+            result["reason"] = f"cannot connect to {HUB[0]}:{HUB[1]}: {exc}"
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return result.get("reason", f"no connection to {HUB[0]}:{HUB[1]} within {timeout:.0f} s")
+
+
+@pytest.mark.network
+def test_real_dinov2_vits14_from_the_hub(tmp_path):
+    reason = hub_unreachable_reason()
+    if reason:
+        pytest.skip(f"hub not reachable: {reason}")
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel
+
+    imgs = write_images(tmp_path / "imgs", 2, size=(320, 240))
+    fs = FeatureStore(tmp_path / "store.lance")
+    s = fs.extract([tmp_path / "imgs"], backbone="dinov2_vits14", dense=True, workers=0)
+    assert (s.inputs, s.written, s.errors, s.ok) == (2, 2, 0, True)
+    card = fs.card(s.table)
+    assert card.dim == 384 and card.architecture == "Dinov2Model"
+    assert card.weights_source == "facebook/dinov2-small" and card.weights_revision
+    lay = card.token_layout
+    # facebook/dinov2-small: resize shortest edge 256, center crop 224, patch 14 -> 16x16
+    assert (lay.grid_h, lay.grid_w, lay.patch_size, lay.num_prefix_tokens) == (16, 16, 14, 1)
+
+    rows = {str(Path(r["uri"]).resolve()): r for r in fs.table(s.table).to_arrow().to_pylist()}
+    model = AutoModel.from_pretrained("facebook/dinov2-small").eval()
+    proc = AutoImageProcessor.from_pretrained("facebook/dinov2-small")
+    for p in imgs:
+        r = rows[str(p.resolve())]
+        assert len(r["patches"]) == 256 and len(r["cls"]) == 384
+        with torch.no_grad():
+            px = proc(images=Image.open(p).convert("RGB"), return_tensors="pt")["pixel_values"]
+            hidden = model(pixel_values=px).last_hidden_state[0]
+        np.testing.assert_allclose(np.asarray(r["cls"], np.float32), hidden[0].numpy(), atol=1e-4, rtol=1e-4)
+        patches = np.asarray(r["patches"], np.float32)
+        np.testing.assert_allclose(patches, hidden[1:].half().float().numpy(), rtol=2**-9, atol=2e-3)
