@@ -50,7 +50,7 @@ def _looks_local(source: str) -> bool:
 def _not_found(name: str, source: str, reason: str, default_source: str | None) -> WeightsNotFoundError:
     hub = default_source or (source if not _looks_local(source) else "<hub id>")
     return WeightsNotFoundError(
-        f"could not load weights for backbone {name!r} from {source!r}: {reason}. "
+        f"could not load weights for backbone {name!r} from {source!r}: {reason.strip().rstrip('.')}. "
         f"Fix: pass a local directory with --weights DIR (config.json, model.safetensors or pytorch_model.bin, "
         f"preprocessor_config.json; e.g. from `hf download {hub} --local-dir DIR` on a machine with network), "
         f"or make the hub reachable / fill the HF_HOME cache."
@@ -82,6 +82,8 @@ class HFPreprocessor:
         rw, rh = w, h
         if getattr(p, "do_resize", False):
             se, sh, sw = (_size_get(p.size, k) for k in ("shortest_edge", "height", "width"))
+            if _size_get(p.size, "longest_edge"):
+                return (math.nan,) * 4  # type: ignore[return-value]  # capped resize: geometry not modelled
             if se and not (sh or sw):
                 short, long = (w, h) if w <= h else (h, w)
                 new_short, new_long = se, int(se * long / short)
