@@ -88,6 +88,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_errors(args: argparse.Namespace) -> int:
+    from featurestore.api import FeatureStore
+
+    rows = FeatureStore(args.store).errors(args.run)
+    if args.json:
+        _print_json(rows)
+    else:
+        cols = ["run_id", "stage", "error_type", "uri", "message"]
+        _table(f"errors in {args.store}", cols, [[r[c] for c in cols] for r in rows])
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from featurestore.plugins import get_host
 
@@ -143,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--store", "-s", required=True)
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
+
+    er = sub.add_parser("errors", help="list inputs that failed, with stage, error type and message")
+    er.add_argument("--store", "-s", required=True)
+    er.add_argument("--run", help="only this run id (see the run summary)")
+    er.add_argument("--json", action="store_true")
+    er.set_defaults(func=cmd_errors)
 
     pl = sub.add_parser("plugins", help="list plugins, what they register, and load errors")
     pl.add_argument("--json", action="store_true")

@@ -41,8 +41,11 @@ def test_exit_codes(tiny_dinov2, store_path, tmp_path):
     (d / "x.jpg").write_bytes(b"")
     p = run("extract", d, "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--workers", "0", "--json", check=False)
     assert p.returncode == 1 and json.loads(p.stdout)["errors"] == 1  # nothing succeeded
-    p = run("extract", tmp_path / "nowhere", "--backbone", "dinov2_vits14", "--store", store_path, check=False)
-    assert p.returncode == 2 and "no image files found" not in p.stderr or p.returncode == 2
+    p = run("extract", tmp_path / "nowhere.jpg", "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--json", check=False)
+    assert p.returncode == 1 and json.loads(p.stdout)["error_samples"][0]["stage"] == "read"  # missing file: a row, not a crash
+    (tmp_path / "empty_dir").mkdir()
+    p = run("extract", tmp_path / "empty_dir", "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, check=False)
+    assert p.returncode == 2 and "no image files found" in p.stderr
     p = run("extract", d, "--backbone", "no_such_net", "--store", store_path, check=False)
     assert p.returncode == 2
     assert "unknown backbone 'no_such_net'" in p.stderr and "dinov2_vits14" in p.stderr
@@ -54,6 +57,9 @@ def test_text_summary_names_errors(tiny_dinov2, store_path, tmp_path):
     (d / "broken.jpg").write_bytes(b"garbage")
     p = run("extract", d, "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--workers", "0")
     assert "written 2" in p.stdout and "errors 1" in p.stdout and "broken.jpg" in p.stdout
+    errors = json.loads(run("errors", "--store", store_path, "--json").stdout)
+    assert [(e["error_type"], e["uri"]) for e in errors] == [("UnsupportedFormatError", str(d / "broken.jpg"))]
+    assert json.loads(run("errors", "--store", store_path, "--run", "nope", "--json").stdout) == []
 
 
 def test_killed_run_loses_at_most_its_open_batch(tiny_dinov2, store_path, tmp_path):
