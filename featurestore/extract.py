@@ -21,7 +21,7 @@ from featurestore.backbone import Backbone
 from featurestore.config import ErrorRecord, ExtractConfig, ExtractSummary, ModelCard, TokenLayout
 from featurestore.errors import ConfigError, StoreError
 from featurestore.hashing import model_hash, weights_sha256
-from featurestore.loader import Batch, SourceDataset, make_loader
+from featurestore.loader import SourceDataset, make_loader
 from featurestore.media import DECODE_POLICY
 from featurestore.store import Store, feature_batch, table_name_for
 
@@ -233,4 +233,4 @@ def _forward_rows(
     )
 
 
-__all__ = ["run_extraction", "build_card", "resolve_device", "Batch"]
+__all__ = ["run_extraction", "build_card", "resolve_device"]

@@ -11,7 +11,6 @@ read such a column back at real sizes.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -258,6 +257,3 @@ class Store:
         rows = self.db.open_table(ERRORS_TABLE).to_arrow().sort_by("created_at").to_pylist()
         return [r for r in rows if run_id is None or r["run_id"] == run_id]
 
-
-def card_json(card: ModelCard) -> dict[str, Any]:
-    return json.loads(card.model_dump_json())
