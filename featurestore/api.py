@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 from featurestore.backbone import Backbone
 from featurestore.config import ExtractConfig, ExtractSummary, ModelCard
 from featurestore.errors import ConfigError
-from featurestore.extract import run_extraction
+from featurestore.extract import resolve_device, run_extraction
+from featurestore.layers import parse_layers
 from featurestore.plugins import get_host
 from featurestore.sources import expand_sources
 from featurestore.store import Store
@@ -63,6 +64,7 @@ class FeatureStore:
         *,
         weights: str | None = None,
         dense: bool = False,
+        layers: str | Sequence[int] | None = None,
         batch_size: int = 32,
         workers: int = 2,
         device: str = "auto",
@@ -77,6 +79,8 @@ class FeatureStore:
             backbone: registered backbone name.
             weights: where weights come from instead of the backbone's default.
             dense: also store patch tokens (float16).
+            layers: blocks whose outputs to store, concatenated: ``"-4,-3,-2,-1"``, ``"last4"``
+                or ``[8, 9, 10, 11]``; None stores the backbone's default output.
             batch_size: images per forward pass and per commit.
             workers: DataLoader worker processes for decode + preprocess.
             device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
@@ -91,6 +95,7 @@ class FeatureStore:
             backbone=backbone,
             weights=weights,
             dense=dense,
+            layers=parse_layers(layers),
             batch_size=batch_size,
             workers=workers,
             device=device,
@@ -115,3 +120,57 @@ class FeatureStore:
     def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Rows of the errors table, optionally of one run."""
         return self.store.errors(run_id)
+
+    # -- language-aligned models: text search and zero-shot classification -------
+    def text_backbone(self, ref: str, *, weights: str | None = None, device: str = "cpu") -> tuple[ModelCard, Backbone]:
+        """The model card of ``ref`` and its backbone loaded again for text, checked to be the same model."""
+        from featurestore.zeroshot import check_text_card, verify_backbone
+
+        card = self.card(ref)
+        check_text_card(card)
+        backbone = self.backbone(card.backbone, weights if weights is not None else card.weights_arg)
+        verify_backbone(backbone, card)
+        backbone.to(resolve_device(device))
+        return card, backbone
+
+    def search(self, ref: str, text: str, *, k: int = 10, weights: str | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+        """Stored images of model ``ref`` nearest to ``text`` (cosine of ``cls`` and the text embedding).
+
+        Returns:
+            ``k`` dicts ``{rank, id, uri, score}``, best first; ``score`` is the cosine similarity.
+        """
+        from featurestore.zeroshot import search, text_embeddings
+
+        if not text.strip():
+            raise ConfigError("--text is empty. Fix: describe what to find, e.g. --text 'a photo of a dog'.")
+        card, backbone = self.text_backbone(ref, weights=weights, device=device)
+        query = text_embeddings(backbone, [text])[0]
+        return search(self.store.open_table(card.table), query, k)
+
+    def classify(
+        self,
+        ref: str,
+        labels: str | Sequence[str],
+        *,
+        templates: Sequence[str] | None = None,
+        weights: str | None = None,
+        device: str = "cpu",
+    ) -> Iterator[dict[str, Any]]:
+        """Zero-shot labels for every stored image of model ``ref``; nothing is re-extracted.
+
+        Args:
+            labels: ``"cat,dog,car"``, ``"@labels.txt"`` (one per line) or a list.
+            templates: prompt templates with ``{}`` for the label; their embeddings are averaged
+                per label. Default ``["a photo of a {}."]``.
+
+        Yields:
+            ``{id, uri, label, score, scores}`` per stored image (softmax over labels for CLIP,
+            independent sigmoids for SigLIP).
+        """
+        from featurestore.zeroshot import DEFAULT_TEMPLATES, check_templates, classify, label_embeddings, parse_list
+
+        names = parse_list(labels, "labels")
+        temps = check_templates(templates if templates else DEFAULT_TEMPLATES)
+        card, backbone = self.text_backbone(ref, weights=weights, device=device)
+        emb = label_embeddings(backbone, names, temps)
+        return classify(self.store.open_table(card.table), emb, names, backbone.zero_shot_head())

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 
 from featurestore.config import TokenLayout
+from featurestore.errors import UnsupportedModelError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -40,13 +41,39 @@ class BackboneOutput:
     layout: TokenLayout
 
 
+@dataclass(frozen=True)
+class ZeroShotHead:
+    """How image and text embeddings of a language-aligned model become class scores.
+
+    ``logits = logit_scale * cos(image, text) + logit_bias``; ``activation`` is
+    ``"softmax"`` (CLIP: one label per image) or ``"sigmoid"`` (SigLIP: independent labels).
+    """
+
+    logit_scale: float
+    logit_bias: float = 0.0
+    activation: str = "softmax"
+
+
 class Backbone(abc.ABC):
-    """A loaded image backbone, provided by a plugin factory ``factory(name, weights=None)``."""
+    """A loaded image backbone, provided by a plugin factory ``factory(name, weights=None)``.
+
+    Optional capabilities (defaults say "not supported"):
+
+    * intermediate layers: set :attr:`num_layers`, override :meth:`feature_dim` and
+      accept ``layers=`` in :meth:`forward` / :meth:`output_spec`;
+    * a text tower: set :attr:`text_dim`, override :meth:`encode_text` and
+      :meth:`zero_shot_head`; its weights must be among :meth:`named_tensors` and its
+      tokenizer described in :meth:`preprocess_spec`, so the model hash covers it.
+    """
 
     #: name as registered / asked for, e.g. ``"dinov2_vits14"``
     name: str
-    #: width of ``cls`` and each patch token
+    #: width of ``cls`` and each patch token (default output, no ``layers``)
     dim: int
+    #: blocks ``layers`` can select, numbered ``0 .. num_layers - 1``; None: no intermediate layers
+    num_layers: int | None = None
+    #: width of :meth:`encode_text` output (== ``dim``: same embedding space); None: no text tower
+    text_dim: int | None = None
 
     @abc.abstractmethod
     def preprocessor(self) -> Preprocessor:
@@ -58,7 +85,11 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def output_spec(self, dense: bool) -> dict[str, Any]:
-        """JSON-able description of what is output: layer, token selection, normalisation."""
+        """JSON-able description of what is output: layer, token selection, normalisation.
+
+        Backbones with :attr:`num_layers` also take ``layers: tuple[int, ...] | None``
+        (block indices, already resolved to ``0 .. num_layers - 1``).
+        """
 
     @abc.abstractmethod
     def named_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
@@ -70,9 +101,37 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def forward(self, pixel_values: torch.Tensor, *, dense: bool) -> BackboneOutput:
-        """Batched forward on ``pixel_values`` (B, C, H, W); called under inference mode."""
+        """Batched forward on ``pixel_values`` (B, C, H, W); called under inference mode.
+
+        Backbones with :attr:`num_layers` also take ``layers``: then ``cls`` (B, feature_dim)
+        is each chosen block's global vector concatenated in the order given, and
+        ``patches`` (B, N, feature_dim) each block's patch tokens concatenated on the last axis.
+        """
 
     @abc.abstractmethod
     def card_info(self) -> dict[str, Any]:
         """Facts for the model card: ``plugin``, ``plugin_version``, ``weights_source``,
         ``weights_revision``, ``architecture``, ``library_versions``, ``token_layout``."""
+
+    # -- optional capabilities --------------------------------------------------
+    def feature_dim(self, layers: Sequence[int] | None = None) -> int:
+        """Width of the stored ``cls`` / patch tokens for a layer selection."""
+        if layers is None:
+            return self.dim
+        raise UnsupportedModelError(f"backbone {self.name!r} cannot output intermediate layers (--layers)")
+
+    def token_layout(self, layers: Sequence[int] | None = None) -> TokenLayout | None:
+        """Patch token layout of the output for a layer selection (None: unknown)."""
+        layout = self.card_info().get("token_layout")
+        return TokenLayout.model_validate(layout) if layout else None
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embed ``texts`` (T, text_dim) in the space of the default image ``cls``; under inference mode."""
+        raise UnsupportedModelError(
+            f"backbone {self.name!r} has no text tower. Fix: use a language-aligned backbone "
+            f"(CLIP / SigLIP from featurestore-openclip)."
+        )
+
+    def zero_shot_head(self) -> ZeroShotHead:
+        """Logit scale / bias / activation for zero-shot classification."""
+        raise UnsupportedModelError(f"backbone {self.name!r} has no text tower, so no zero-shot head")

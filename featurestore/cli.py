@@ -47,6 +47,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         weights=args.weights,
         dense=args.dense,
+        layers=args.layers,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -129,6 +130,37 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from featurestore.api import FeatureStore
+
+    hits = FeatureStore(args.store).search(args.model, args.text, k=args.k, weights=args.weights, device=args.device)
+    if args.json:
+        _print_json(hits)
+    else:
+        _table(f"{args.text!r} in {args.model}", ["rank", "score", "uri", "id"], [(h["rank"], f"{h['score']:.4f}", h["uri"], h["id"][:12]) for h in hits])
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from featurestore.api import FeatureStore
+
+    rows = FeatureStore(args.store).classify(
+        args.model, args.labels, templates=args.template, weights=args.weights, device=args.device
+    )
+    if args.json:
+        _print_json(list(rows))
+        return 0
+    c = _console()
+    counts: dict[str, int] = {}
+    n = 0
+    for r in rows:
+        n += 1
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+        c.print(f"{r['label']}\t{r['score']:.4f}\t{r['uri']}", markup=False, highlight=False)
+    c.print(f"{n} images: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+    return 0
+
+
 # -- parser --------------------------------------------------------------------
 
 
@@ -143,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--store", "-s", required=True, help="LanceDB store directory (created if missing)")
     e.add_argument("--weights", help="load weights from here instead (hub id, directory or file)")
     e.add_argument("--dense", action="store_true", help="also store patch tokens (float16)")
+    e.add_argument(
+        "--layers",
+        help="store these blocks' outputs, concatenated: e.g. -4,-3,-2,-1 or last4 (default: the backbone's output)",
+    )
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass and per commit (default 32)")
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -150,6 +186,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit in pixels (default: Pillow's)")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
     e.set_defaults(func=cmd_extract)
+
+    se = sub.add_parser("search", help="find stored images by text (CLIP/SigLIP models; nothing is re-extracted)")
+    se.add_argument("--store", "-s", required=True)
+    se.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
+    se.add_argument("--text", "-t", required=True, help="the query, e.g. 'a photo of a dog'")
+    se.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    se.add_argument("--weights", help="where to load the model from, if not where it was loaded at extraction")
+    se.add_argument("--device", default="cpu", help="where to encode the text (default cpu)")
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(func=cmd_search)
+
+    cl = sub.add_parser("classify", help="zero-shot labels for stored images (CLIP/SigLIP models)")
+    cl.add_argument("--store", "-s", required=True)
+    cl.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
+    cl.add_argument("--labels", "-l", required=True, help="comma-separated labels, or @file with one label per line")
+    cl.add_argument(
+        "--template",
+        action="append",
+        help="prompt template with {} for the label; repeat to average several (default: 'a photo of a {}.')",
+    )
+    cl.add_argument("--weights", help="where to load the model from, if not where it was loaded at extraction")
+    cl.add_argument("--device", default="cpu", help="where to encode the text (default cpu)")
+    cl.add_argument("--json", action="store_true", help="one object per image with every label's score")
+    cl.set_defaults(func=cmd_classify)
 
     m = sub.add_parser("models", help="list the models (feature tables) in a store")
     m.add_argument("--store", "-s", required=True)

@@ -40,8 +40,14 @@ class ModelCard(_Model):
     plugin_version: str = Field(description="its version")
     weights_source: str = Field(description="hub id, directory or file the weights were loaded from")
     weights_revision: str | None = Field(None, description="hub commit of the weights, when known")
+    weights_arg: str | None = Field(None, description="the --weights value given at extraction (None: the backbone's default)")
     architecture: str = Field(description="model class, e.g. 'Dinov2Model'")
     dim: int = Field(description="width D of `cls` and of each patch token")
+    layers: list[int] | None = Field(
+        None, description="blocks whose outputs are stored, concatenated in this order (None: the default output)"
+    )
+    layer_dims: list[int] | None = Field(None, description="width of each chosen block's slice of `cls` / patches")
+    text_dim: int | None = Field(None, description="width of the model's text embeddings (None: no text tower)")
     dense: bool = Field(description="whether rows hold patch tokens")
     token_layout: TokenLayout | None = Field(None, description="patch token layout (for the fixed input size)")
     preprocessing: dict[str, Any] = Field(description="canonical preprocessing spec (hashed)")
@@ -60,6 +66,9 @@ class ExtractConfig(_Model):
     backbone: str = Field(description="registered backbone name, or a family name like 'hf:<id or dir>'")
     weights: str | None = Field(None, description="override where weights come from (hub id, directory or file)")
     dense: bool = Field(False, description="also store the patch tokens (float16)")
+    layers: list[int] | None = Field(
+        None, description="block indices whose outputs to store, concatenated (negative: from the last); None: default output"
+    )
     batch_size: int = Field(32, ge=1, description="images per forward pass and per store commit")
     workers: int = Field(2, ge=0, description="DataLoader worker processes for decode + preprocess (0: in-process)")
     device: str = Field("auto", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")

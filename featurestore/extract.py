@@ -18,9 +18,10 @@ import torch
 
 from featurestore import __version__
 from featurestore.backbone import Backbone
-from featurestore.config import ErrorRecord, ExtractConfig, ExtractSummary, ModelCard, TokenLayout
+from featurestore.config import ErrorRecord, ExtractConfig, ExtractSummary, ModelCard
 from featurestore.errors import ConfigError, StoreError
 from featurestore.hashing import model_hash, weights_sha256
+from featurestore.layers import resolve_layers
 from featurestore.loader import SourceDataset, make_loader
 from featurestore.media import DECODE_POLICY
 from featurestore.store import Store, feature_batch, table_name_for
@@ -41,17 +42,29 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def build_card(backbone: Backbone, backbone_name: str, *, dense: bool) -> ModelCard:
-    """Hash the model and write down everything that determines its features."""
+def build_card(
+    backbone: Backbone,
+    backbone_name: str,
+    *,
+    dense: bool,
+    layers: tuple[int, ...] | None = None,
+    weights_arg: str | None = None,
+) -> ModelCard:
+    """Hash the model and write down everything that determines its features.
+
+    ``layers`` are absolute block indices (see :func:`featurestore.layers.resolve_layers`).
+    """
+    # only backbones that support layers are asked with the keyword (older plugins keep working)
+    output = backbone.output_spec(dense, layers=layers) if layers is not None else backbone.output_spec(dense)
     spec = {
         "preprocessing": backbone.preprocess_spec(),
-        "output": backbone.output_spec(dense),
+        "output": output,
         "decode": DECODE_POLICY,
     }
     wdigest = weights_sha256(backbone.named_tensors())
     mhash = model_hash(wdigest, spec)
     info = backbone.card_info()
-    layout = info.get("token_layout")
+    layout = backbone.token_layout(layers)
     return ModelCard(
         model_hash=mhash,
         weights_sha256=wdigest,
@@ -61,10 +74,14 @@ def build_card(backbone: Backbone, backbone_name: str, *, dense: bool) -> ModelC
         plugin_version=info["plugin_version"],
         weights_source=info["weights_source"],
         weights_revision=info.get("weights_revision"),
+        weights_arg=weights_arg,
         architecture=info["architecture"],
-        dim=backbone.dim,
+        dim=backbone.feature_dim(layers),
         dense=dense,
-        token_layout=TokenLayout.model_validate(layout) if layout else None,
+        layers=list(layers) if layers is not None else None,
+        layer_dims=[backbone.feature_dim((i,)) for i in layers] if layers is not None else None,
+        text_dim=backbone.text_dim if layers is None else None,
+        token_layout=layout,
         preprocessing=spec["preprocessing"],
         output_spec=spec["output"],
         decode_policy=DECODE_POLICY,
@@ -117,7 +134,8 @@ def run_extraction(
 ) -> ExtractSummary:
     """Extract features for ``sources`` into the table of ``backbone``'s model hash."""
     device = resolve_device(config.device)
-    card = build_card(backbone, config.backbone, dense=config.dense)
+    layers = resolve_layers(config.layers, backbone.num_layers, config.backbone)
+    card = build_card(backbone, config.backbone, dense=config.dense, layers=layers, weights_arg=config.weights)
     table = store.register_model(card)
     existing = frozenset(store.existing_ids(table))
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
@@ -150,7 +168,7 @@ def run_extraction(
                 metas = [group.metas[i] for i in keep]
                 px = group.pixel_values if len(keep) == len(group.metas) else group.pixel_values[keep]
                 try:
-                    rows = _forward_rows(backbone, px, metas, device, config.dense, schema, run_id)
+                    rows = _forward_rows(backbone, px, metas, device, config.dense, layers, schema, run_id)
                 except Exception as exc:  # e.g. out of memory: record, go on
                     batch_errors += [
                         ErrorRecord(id=m.id, uri=m.uri, stage="forward", error_type=type(exc).__name__, message=str(exc)[:2000])
@@ -206,12 +224,20 @@ def _forward_rows(
     metas: list,
     device: torch.device,
     dense: bool,
+    layers: tuple[int, ...] | None,
     schema: Any,
     run_id: str,
 ) -> Any:
     with torch.inference_mode():
-        out = backbone.forward(pixel_values.to(device, non_blocking=True), dense=dense)
+        px = pixel_values.to(device, non_blocking=True)
+        out = backbone.forward(px, dense=dense, layers=layers) if layers is not None else backbone.forward(px, dense=dense)
         cls = out.cls.float().cpu().numpy()  # (B, D)
+        width = schema.field("cls").type.list_size
+        if cls.shape[1] != width:
+            raise RuntimeError(
+                f"backbone {backbone.name} returned cls of width {cls.shape[1]} but its model card says {width} "
+                f"(a plugin bug: feature_dim() and forward() disagree)"
+            )
         patches = None
         grids = None
         if dense:
