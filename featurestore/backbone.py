@@ -37,7 +37,7 @@ class BackboneOutput:
     """Features for one batch."""
 
     cls: torch.Tensor  # (B, D)
-    patches: torch.Tensor | None  # (B, N, D), N = grid_h * grid_w, or None when not asked for
+    patches: torch.Tensor | None  # (B, N, P), N = grid_h * grid_w, P = patch_dim (usually D); None when not asked for
     layout: TokenLayout
 
 
@@ -119,6 +119,11 @@ class Backbone(abc.ABC):
         if layers is None:
             return self.dim
         raise UnsupportedModelError(f"backbone {self.name!r} cannot output intermediate layers (--layers)")
+
+    def patch_dim(self, layers: Sequence[int] | None = None) -> int:
+        """Width of each stored patch token; the same as :meth:`feature_dim` unless overridden
+        (e.g. MobileNetV3, whose pooled pre-logits pass through one more layer than its feature map)."""
+        return self.feature_dim(layers)
 
     def token_layout(self, layers: Sequence[int] | None = None) -> TokenLayout | None:
         """Patch token layout of the output for a layer selection (None: unknown)."""

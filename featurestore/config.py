@@ -42,7 +42,10 @@ class ModelCard(_Model):
     weights_revision: str | None = Field(None, description="hub commit of the weights, when known")
     weights_arg: str | None = Field(None, description="the --weights value given at extraction (None: the backbone's default)")
     architecture: str = Field(description="model class, e.g. 'Dinov2Model'")
-    dim: int = Field(description="width D of `cls` and of each patch token")
+    dim: int = Field(description="width D of `cls` (and of each patch token unless `patch_dim` says otherwise)")
+    patch_dim: int | None = Field(
+        None, description="width of each patch token when it differs from `dim` (e.g. a CNN whose pre-logits add a layer)"
+    )
     layers: list[int] | None = Field(
         None, description="blocks whose outputs are stored, concatenated in this order (None: the default output)"
     )

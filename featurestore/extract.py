@@ -77,6 +77,7 @@ def build_card(
         weights_arg=weights_arg,
         architecture=info["architecture"],
         dim=backbone.feature_dim(layers),
+        patch_dim=_patch_dim(backbone, layers, dense),
         dense=dense,
         layers=list(layers) if layers is not None else None,
         layer_dims=[backbone.feature_dim((i,)) for i in layers] if layers is not None else None,
@@ -89,6 +90,13 @@ def build_card(
         library_versions={"featurestore": __version__, "torch": torch.__version__, **info.get("library_versions", {})},
         created_at=datetime.now(timezone.utc),
     )
+
+
+def _patch_dim(backbone: Backbone, layers: tuple[int, ...] | None, dense: bool) -> int | None:
+    if not dense:
+        return None
+    pdim = backbone.patch_dim(layers)
+    return None if pdim == backbone.feature_dim(layers) else pdim
 
 
 class _Progress:
@@ -243,7 +251,13 @@ def _forward_rows(
         if dense:
             if out.patches is None:
                 raise RuntimeError(f"backbone {backbone.name} returned no patch tokens although dense output was asked for")
-            p = out.patches.to(torch.float16).cpu().numpy()  # (B, N, D)
+            p = out.patches.to(torch.float16).cpu().numpy()  # (B, N, P)
+            pwidth = schema.field("patches").type.value_type.list_size
+            if p.shape[-1] != pwidth:
+                raise RuntimeError(
+                    f"backbone {backbone.name} returned patch tokens of width {p.shape[-1]} but its model card says "
+                    f"{pwidth} (a plugin bug: patch_dim() and forward() disagree)"
+                )
             patches = list(p)
             grids = [(out.layout.grid_h, out.layout.grid_w)] * len(metas)
     return feature_batch(

@@ -62,8 +62,9 @@ def table_name_for(backbone: str, model_hash: str) -> str:
     return f"{slug}-{model_hash[:12]}"
 
 
-def feature_schema(dim: int, dense: bool) -> pa.Schema:
-    """Schema of a feature table for width ``dim``."""
+def feature_schema(dim: int, dense: bool, patch_dim: int | None = None) -> pa.Schema:
+    """Schema of a feature table: ``cls`` of width ``dim``, patch tokens of width ``patch_dim`` (default ``dim``)."""
+    pdim = dim if patch_dim is None else patch_dim
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("uri", pa.string()),
@@ -74,7 +75,7 @@ def feature_schema(dim: int, dense: bool) -> pa.Schema:
     ]
     if dense:
         fields += [
-            pa.field("patches", pa.list_(pa.list_(pa.float16(), dim))),
+            pa.field("patches", pa.list_(pa.list_(pa.float16(), pdim))),
             pa.field("grid_h", pa.int16()),
             pa.field("grid_w", pa.int16()),
         ]
@@ -110,7 +111,7 @@ def feature_batch(
             raise ValueError("this table is dense: patches and grids are required")
         counts = np.array([p.shape[0] for p in patches], dtype=np.int64)
         flat = np.concatenate([np.asarray(p, np.float16).reshape(-1) for p in patches])
-        inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim)
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), schema.field("patches").type.value_type.list_size)
         offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
         cols["patches"] = pa.ListArray.from_arrays(offsets, inner)
         cols["grid_h"] = pa.array([g[0] for g in grids], pa.int16())
@@ -182,7 +183,7 @@ class Store:
             schema=MODELS_SCHEMA,
         )
         models.merge_insert("model_hash").when_not_matched_insert_all().execute(row)
-        return self._open_or_create(card.table, feature_schema(card.dim, card.dense))
+        return self._open_or_create(card.table, feature_schema(card.dim, card.dense, card.patch_dim))
 
     def cards(self) -> list[ModelCard]:
         if MODELS_TABLE not in self.table_names():
@@ -220,7 +221,10 @@ class Store:
                     "table": c.table,
                     "rows": rows,
                     "dim": c.dim,
+                    "patch_dim": c.patch_dim if c.patch_dim is not None else (c.dim if c.dense else None),
                     "dense": c.dense,
+                    "layers": c.layers,
+                    "text_dim": c.text_dim,
                     "token_layout": c.token_layout.model_dump() if c.token_layout else None,
                     "weights_source": c.weights_source,
                     "plugin": f"{c.plugin} {c.plugin_version}",
