@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -121,6 +121,11 @@ class HFBackbone(Backbone):
         self.patch_size = int(cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0])
         self.num_registers = int(getattr(cfg, "num_register_tokens", 0) or 0)
         self.num_prefix = PREFIX_TOKENS[model_type] + self.num_registers
+        self.num_layers = int(cfg.num_hidden_layers)
+        # what turns the last block's output into last_hidden_state; intermediate blocks get the same,
+        # as DINOv2's linear probes do. CLIP's last_hidden_state is not normed (post_layernorm is for pooling).
+        norm = None if model_type == "clip_vision_model" else getattr(model, "layernorm", None)
+        self._final_norm = None if isinstance(norm, torch.nn.Identity) else norm
         self._layout = self._probe_layout()
 
     # -- preprocessing ---------------------------------------------------------
@@ -131,8 +136,23 @@ class HFBackbone(Backbone):
         cfg = {k: v for k, v in self.processor.to_dict().items() if not k.startswith("_") and k != "processor_class"}
         return {"library": "transformers", "class": type(self.processor).__name__, "config": cfg}
 
-    def output_spec(self, dense: bool) -> dict[str, Any]:
-        spec: dict[str, Any] = {
+    def feature_dim(self, layers: Sequence[int] | None = None) -> int:
+        return self.dim if layers is None else self.dim * len(layers)
+
+    def output_spec(self, dense: bool, layers: Sequence[int] | None = None) -> dict[str, Any]:
+        if layers is not None:
+            norm = "layernorm" if self._final_norm is not None else None
+            spec: dict[str, Any] = {
+                "layer": {"blocks": list(layers), "source": "hidden_states[block + 1]", "norm": norm},
+                "cls": "concat over blocks of block_output[:, 0]",
+                "patches": f"concat on channels over blocks of block_output[:, {self.num_prefix}:]" if dense else None,
+                "normalize": None,
+                "compute_dtype": "float32",
+            }
+            if self.model_type == "vit_mae":
+                spec["mae"] = {"mask_ratio": 0.0, "noise": "arange (identity order)"}
+            return spec
+        spec = {
             "layer": "last_hidden_state",
             "cls": "last_hidden_state[:, 0]",
             "patches": f"last_hidden_state[:, {self.num_prefix}:]" if dense else None,
@@ -159,6 +179,12 @@ class HFBackbone(Backbone):
             input_w=int(w),
         )
 
+    def token_layout(self, layers: Sequence[int] | None = None) -> TokenLayout:
+        if layers is None:
+            return self._layout
+        norm = " after layernorm" if self._final_norm is not None else ""
+        return self._layout.model_copy(update={"cls_source": f"concat of hidden_states[b + 1][:, 0]{norm} for blocks b in {list(layers)}"})
+
     # -- model ---------------------------------------------------------------
     def named_tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
         return self.model.state_dict().items()
@@ -167,17 +193,25 @@ class HFBackbone(Backbone):
         self.model.to(device)
         return self
 
-    def forward(self, pixel_values: torch.Tensor, *, dense: bool) -> BackboneOutput:
+    def forward(self, pixel_values: torch.Tensor, *, dense: bool, layers: Sequence[int] | None = None) -> BackboneOutput:
         kwargs: dict[str, Any] = {}
         b, _, h, w = pixel_values.shape  # (B, C, H, W)
         gh, gw = h // self.patch_size, w // self.patch_size
         if self.model_type == "vit_mae":
             # mask_ratio is 0; an identity noise keeps the patches in raster order
             kwargs["noise"] = torch.arange(gh * gw, device=pixel_values.device, dtype=torch.float32).expand(b, -1)
-        hidden = self.model(pixel_values=pixel_values, **kwargs).last_hidden_state  # (B, T, D)
+        if layers is None:
+            hidden = self.model(pixel_values=pixel_values, **kwargs).last_hidden_state  # (B, T, D)
+            blocks = [hidden]
+        else:
+            states = self.model(pixel_values=pixel_values, output_hidden_states=True, **kwargs).hidden_states
+            blocks = [states[i + 1] for i in layers]  # states[0] is the embedding output; each (B, T, D)
+            if self._final_norm is not None:
+                blocks = [self._final_norm(h) for h in blocks]
+        cls = torch.cat([h[:, 0] for h in blocks], dim=-1)  # (B, D * L)
         patches = None
         if dense:
-            patches = hidden[:, self.num_prefix :]  # (B, N, D)
+            patches = torch.cat([h[:, self.num_prefix :] for h in blocks], dim=-1)  # (B, N, D * L)
             if patches.shape[1] != gh * gw:
                 raise UnsupportedModelError(
                     f"{self.name}: got {patches.shape[1]} patch tokens for a {gh}x{gw} grid; "
@@ -186,7 +220,7 @@ class HFBackbone(Backbone):
         layout = self._layout if (gh, gw) == (self._layout.grid_h, self._layout.grid_w) else self._layout.model_copy(
             update={"grid_h": gh, "grid_w": gw, "input_h": h, "input_w": w}
         )
-        return BackboneOutput(cls=hidden[:, 0], patches=patches, layout=layout)
+        return BackboneOutput(cls=cls, patches=patches, layout=layout)
 
     def card_info(self) -> dict[str, Any]:
         import transformers
