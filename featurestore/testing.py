@@ -5,13 +5,45 @@ Images are real files written by Pillow; stores are real LanceDB directories.
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+HUB = ("huggingface.co", 443)
 
-def smooth_image(width: int, height: int, seed: int) -> "np.ndarray":
+
+def hub_unreachable_reason(timeout: float = 3.0, host: tuple[str, int] = HUB) -> str | None:
+    """None when a TLS connection to the model hub opens within ``timeout`` s, else why not.
+
+    For tests that need real hub downloads: ``pytest.skip`` with this reason. The connect
+    runs in a daemon thread so a slow DNS lookup (which the socket timeout does not cover)
+    cannot hang the test run.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    result: dict[str, str | None] = {}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(host, timeout=timeout) as sock:
+                # a TLS handshake too: some sandboxes accept any TCP connection
+                with ssl.create_default_context().wrap_socket(sock, server_hostname=host[0]):
+                    result["reason"] = None
+        except OSError as exc:  # ssl.SSLError is an OSError
+            result["reason"] = f"cannot connect to {host[0]}:{host[1]}: {exc}"
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return result.get("reason", f"no connection to {host[0]}:{host[1]} within {timeout:.0f} s")
+
+
+def smooth_image(width: int, height: int, seed: int) -> np.ndarray:
     """A smooth random RGB image (gradients + blobs), so JPEG keeps it recognisable."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
