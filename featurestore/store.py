@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.config import ErrorRecord, ModelCard
-from featurestore.errors import MissingDependencyError, StoreError, UnknownModelError
+from featurestore.errors import MissingDependencyError, UnknownModelError
 
 if TYPE_CHECKING:
     import lancedb

@@ -1,7 +1,6 @@
 """The console script, run as a user runs it."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
