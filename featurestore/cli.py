@@ -124,10 +124,21 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     items = list_backbones(args.pattern)
     if args.json:
         _print_json(items)
+    elif args.markdown:
+        sys.stdout.write(backbones_markdown(items))
     else:
-        rows = [(b["name"], b.get("dim"), b.get("patch_size"), b.get("source"), b["plugin"], b.get("summary")) for b in items]
-        _table("backbones", ["name", "dim", "patch", "source", "plugin", "summary"], rows)
+        rows = [(b["name"], b.get("dim"), b.get("layout"), b.get("source"), b["plugin"], b.get("summary")) for b in items]
+        _table("backbones", ["name", "dim", "token layout", "source", "plugin", "summary"], rows)
     return 0
+
+
+def backbones_markdown(items: Sequence[dict[str, Any]]) -> str:
+    """The README's Backbones table, from the live registry."""
+    lines = ["| name | dim | token layout | source | plugin |", "|---|---|---|---|---|"]
+    for b in items:
+        cells = [f"`{b['name']}`", str(b.get("dim") or "model's"), b.get("layout") or "", b.get("source") or "", b["plugin"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -229,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb = sub.add_parser("backbones", help="list registered backbones")
     bb.add_argument("pattern", nargs="?", help="shell pattern, e.g. 'dinov2_*'")
     bb.add_argument("--json", action="store_true")
+    bb.add_argument("--markdown", action="store_true", help="print the Markdown table the README shows")
     bb.set_defaults(func=cmd_backbones)
     return p
 

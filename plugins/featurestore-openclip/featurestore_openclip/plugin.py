@@ -6,36 +6,41 @@ from typing import Any
 
 from featurestore import hookimpl
 
-# name -> (open_clip model name, default pretrained tag or None for hf-hub models, embed dim, summary)
-NAMED: dict[str, tuple[str, str | None, int, str]] = {
-    "clip_vitb32_openai": ("ViT-B-32", "openai", 512, "OpenAI CLIP ViT-B/32"),
-    "clip_vitb16_openai": ("ViT-B-16", "openai", 512, "OpenAI CLIP ViT-B/16"),
-    "clip_vitl14_openai": ("ViT-L-14", "openai", 768, "OpenAI CLIP ViT-L/14"),
-    "clip_vitb32_laion2b": ("ViT-B-32", "laion2b_s34b_b79k", 512, "LAION-2B CLIP ViT-B/32"),
-    "clip_vitb16_laion2b": ("ViT-B-16", "laion2b_s34b_b88k", 512, "LAION-2B CLIP ViT-B/16"),
-    "clip_vitl14_laion2b": ("ViT-L-14", "laion2b_s32b_b82k", 768, "LAION-2B CLIP ViT-L/14"),
-    "siglip_vitb16_224": ("ViT-B-16-SigLIP", "webli", 768, "SigLIP ViT-B/16 224px (WebLI)"),
-    "siglip_vitb16_384": ("ViT-B-16-SigLIP-384", "webli", 768, "SigLIP ViT-B/16 384px (WebLI)"),
-    "siglip_vitl16_384": ("ViT-L-16-SigLIP-384", "webli", 1024, "SigLIP ViT-L/16 384px (WebLI)"),
-    "siglip_so400m14_384": ("ViT-SO400M-14-SigLIP-384", "webli", 1152, "SigLIP SO400M/14 384px (WebLI)"),
+# name -> (open_clip model name, default pretrained tag (None: the hub repo's own weights),
+#          embed dim, trunk width, input px, patch px, summary)
+NAMED: dict[str, tuple[str, str | None, int, int, int, int, str]] = {
+    "clip_vitb32_openai": ("ViT-B-32", "openai", 512, 768, 224, 32, "OpenAI CLIP ViT-B/32"),
+    "clip_vitb16_openai": ("ViT-B-16", "openai", 512, 768, 224, 16, "OpenAI CLIP ViT-B/16"),
+    "clip_vitl14_openai": ("ViT-L-14", "openai", 768, 1024, 224, 14, "OpenAI CLIP ViT-L/14"),
+    "clip_vitb32_laion2b": ("ViT-B-32", "laion2b_s34b_b79k", 512, 768, 224, 32, "LAION-2B CLIP ViT-B/32"),
+    "clip_vitb16_laion2b": ("ViT-B-16", "laion2b_s34b_b88k", 512, 768, 224, 16, "LAION-2B CLIP ViT-B/16"),
+    "clip_vitl14_laion2b": ("ViT-L-14", "laion2b_s32b_b82k", 768, 1024, 224, 14, "LAION-2B CLIP ViT-L/14"),
+    "siglip_vitb16_224": ("ViT-B-16-SigLIP", "webli", 768, 768, 224, 16, "SigLIP ViT-B/16 224px (WebLI)"),
+    "siglip_vitb16_384": ("ViT-B-16-SigLIP-384", "webli", 768, 768, 384, 16, "SigLIP ViT-B/16 384px (WebLI)"),
+    "siglip_vitl16_384": ("ViT-L-16-SigLIP-384", "webli", 1024, 1024, 384, 16, "SigLIP ViT-L/16 384px (WebLI)"),
+    "siglip_so400m14_384": ("ViT-SO400M-14-SigLIP-384", "webli", 1152, 1152, 384, 14, "SigLIP SO400M/14 384px (WebLI)"),
     "biomedclip": (
         "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
         None,
         512,
+        768,
+        224,
+        16,
         "BiomedCLIP ViT-B/16 + PubMedBERT (biomedical image-text)",
     ),
 }
-PATCH = {"ViT-B-32": 32, "ViT-B-16": 16, "ViT-L-14": 14, "ViT-L-16": 16, "ViT-SO400M-14": 14, "hf-hub:microsoft/BiomedCLIP": 16}
 
 
-def _patch_size(model_name: str) -> int | None:
-    return next((p for prefix, p in PATCH.items() if model_name.startswith(prefix)), None)
+def _layout(model_name: str, dim: int, width: int, size: int, patch: int) -> str:
+    g = size // patch
+    pooled = "MAP-pooled embedding (no CLS token)" if "SigLIP" in model_name else "projected CLS embedding"
+    return f"{pooled} ({dim}) + {g}×{g} patches of {patch} px at {size}×{size}, width {width}; text tower; --layers"
 
 
 def _named_factory(name: str, weights: str | None = None, **_: Any):
     from featurestore_openclip.loading import load_backbone
 
-    model_name, tag, _dim, _summary = NAMED[name]
+    model_name, tag = NAMED[name][:2]
     return load_backbone(name, model_name, weights if weights is not None else tag)
 
 
@@ -47,9 +52,18 @@ def _family_factory(name: str, weights: str | None = None, **_: Any):
 
 @hookimpl
 def register_backbones(register) -> None:
-    for name, (model_name, tag, dim, summary) in NAMED.items():
+    for name, (model_name, tag, dim, width, size, patch, summary) in NAMED.items():
         source = model_name if tag is None else f"{model_name} pretrained={tag}"
-        register(name, _named_factory, summary=summary + " (+ text tower)", dim=dim, patch_size=_patch_size(model_name), source=source, text=True)
+        register(
+            name,
+            _named_factory,
+            summary=summary,
+            dim=dim,
+            patch_size=patch,
+            source=source,
+            text=True,
+            layout=_layout(model_name, dim, width, size, patch),
+        )
     register(
         "open_clip:",
         _family_factory,
@@ -57,4 +71,5 @@ def register_backbones(register) -> None:
         "open_clip:local-dir:<dir>",
         source="open_clip.create_model",
         text=True,
+        layout="the model's image embedding + its ViT patch grid; text tower; --layers",
     )

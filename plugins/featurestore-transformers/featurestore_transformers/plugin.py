@@ -43,10 +43,12 @@ def register_backbones(register) -> None:
             patch_size=14,
             register_tokens=regs,
             source=hub_id,
+            layout=("CLS + 4 registers (dropped) + " if regs else "CLS + ") + "16×16 patches of 14 px at 224×224; --layers",
         )
     register(
         "hf:",
         _hf_factory,
         summary="any transformers vision model with a CLS token (ViT, MAE, DINOv2, CLIP vision, DeiT, BEiT): hf:<hub id or dir>",
         source="hf:<hub id or local directory>",
+        layout="CLS + the model's patch grid (prefix tokens dropped); --layers",
     )
