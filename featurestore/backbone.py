@@ -87,6 +87,10 @@ class Backbone(abc.ABC):
     def output_spec(self, dense: bool) -> dict[str, Any]:
         """JSON-able description of what is output: layer, token selection, normalisation.
 
+        Include every architecture setting that changes the forward but lives in no tensor
+        (attention heads, norm eps, activation …): two models with equal tensors and another
+        head count must not share a hash.
+
         Backbones with :attr:`num_layers` also take ``layers: tuple[int, ...] | None``
         (block indices, already resolved to ``0 .. num_layers - 1``).
         """

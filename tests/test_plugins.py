@@ -453,8 +453,11 @@ def test_duplicate_name_shown_by_cli(site):
 @pytest.mark.parametrize("allow", ["good", "fs-good-plugin", " good , nothing_else "])
 def test_allowlist(site, allow):
     host = site.install_all(GOOD, HOOK_RAISES).host(allow=allow)
-    assert {r.name: r.status for r in host.records} == {
+    status = {r.name: r.status for r in host.records}
+    assert {k: status[k] for k in ("good", "hook_raises", TRANSFORMERS_EP)} == {
         "good": "loaded", "hook_raises": "disabled", TRANSFORMERS_EP: "disabled"}
+    # every other installed plugin (first-party ones included) is disabled too
+    assert {v for k, v in status.items() if k != "good"} == {"disabled"}
     assert host.backbones.names() == ["toy_backbone"]
     disabled = record(host, TRANSFORMERS_EP)
     assert disabled.registers == {} and disabled.errors == [] and disabled.dist == TRANSFORMERS_DIST
@@ -463,15 +466,21 @@ def test_allowlist(site, allow):
 @pytest.mark.parametrize("allow", ["good,transformers", "fs-good-plugin,featurestore-transformers"])
 def test_allowlist_several(site, allow):
     host = site.install_all(GOOD, HOOK_RAISES).host(allow=allow)
-    assert {r.name: r.status for r in host.records} == {
+    status = {r.name: r.status for r in host.records}
+    assert {k: status[k] for k in ("good", "hook_raises", TRANSFORMERS_EP)} == {
         "good": "loaded", "hook_raises": "disabled", TRANSFORMERS_EP: "loaded"}
+    assert {v for k, v in status.items() if k not in ("good", TRANSFORMERS_EP)} == {"disabled"}
 
 
 @pytest.mark.parametrize("block", ["transformers", "featurestore-transformers"])
 def test_blocklist(site, block):
     host = site.install_all(GOOD).host(block=block)
-    assert {r.name: r.status for r in host.records} == {"good": "loaded", TRANSFORMERS_EP: "disabled"}
-    assert host.backbones.names() == ["toy_backbone"]
+    status = {r.name: r.status for r in host.records}
+    assert (status["good"], status[TRANSFORMERS_EP]) == ("loaded", "disabled")
+    # other installed plugins still load: only the blocked one is off
+    assert all(v == "loaded" for k, v in status.items() if k != TRANSFORMERS_EP)
+    assert "toy_backbone" in host.backbones.names()
+    assert not any(n.startswith("dinov2_") or n == "hf:" for n in host.backbones.names())
     with pytest.raises(UnknownNameError, match="pip install featurestore-transformers"):
         host.backbones.get("dinov2_vits14")
 
@@ -494,7 +503,10 @@ def test_env_vars_reach_the_cli(site):
     site.install_all(GOOD)
     p = run_cli(site, "plugins", "--json", **{ENV_BLOCK: "featurestore-transformers"})
     statuses = {r["name"]: r["status"] for r in json.loads(p.stdout)["plugins"]}
-    assert statuses == {"good": "loaded", TRANSFORMERS_EP: "disabled"}
+    assert (statuses["good"], statuses[TRANSFORMERS_EP]) == ("loaded", "disabled")
+    p = run_cli(site, "plugins", "--json", **{ENV_ALLOW: "good"})
+    statuses = {r["name"]: r["status"] for r in json.loads(p.stdout)["plugins"]}
+    assert statuses["good"] == "loaded" and {v for k, v in statuses.items() if k != "good"} == {"disabled"}
 
 
 # -- names -----------------------------------------------------------------------
@@ -515,7 +527,8 @@ def test_family_registration(site):
 
 
 def test_unknown_backbone_names_known_and_suggests_install(site):
-    host = site.install_all(GOOD).host()
+    # only these two: as if the openclip / timm distributions were not installed
+    host = site.install_all(GOOD).host(allow="good,transformers")
     with pytest.raises(UnknownNameError) as ei:
         host.backbones.get("no_such_net")
     msg = str(ei.value)
@@ -531,6 +544,7 @@ def test_create_backbone_unknown_name(site):
     from featurestore.api import create_backbone
 
     site.install_all(GOOD)
+    site.monkeypatch.setenv(ENV_ALLOW, "good,transformers")  # as if featurestore-openclip were not installed
     get_host(reload=True)
     with pytest.raises(UnknownNameError, match="pip install featurestore-openclip") as ei:
         create_backbone("open_clip:ViT-B-32")
@@ -542,11 +556,12 @@ def test_create_backbone_unknown_name(site):
 
 def test_cli_plugins_json(site):
     site.install_all(GOOD, BROKEN_IMPORT, HOOK_RAISES)
-    out = json.loads(run_cli(site, "plugins", "--json").stdout)
+    allow = "good,broken_import,hook_raises,transformers"  # leave other installed plugins out of the picture
+    out = json.loads(run_cli(site, "plugins", "--json", **{ENV_ALLOW: allow}).stdout)
     assert out["conflicts"] == {}
     for p in out["plugins"]:
         assert {"name", "distribution", "version", "status", "registers", "errors"} <= set(p)
-    by_name = {p["name"]: p for p in out["plugins"]}
+    by_name = {p["name"]: p for p in out["plugins"] if p["status"] != "disabled"}
     assert set(by_name) == {"good", "broken_import", "hook_raises", TRANSFORMERS_EP}
     assert by_name["good"] == {"name": "good", "module": "fs_good_plugin", "distribution": "fs-good-plugin",
                                "version": "1.0", "status": "loaded",

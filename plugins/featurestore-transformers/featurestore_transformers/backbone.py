@@ -43,6 +43,23 @@ NO_CLS_HINT = {
 }
 
 
+# config keys that do not change what the forward computes from the loaded tensors
+# (bookkeeping, labels, load dtype, output switches); everything else is hashed
+_CONFIG_NOT_HASHED = frozenset(
+    {"transformers_version", "architectures", "dtype", "torch_dtype", "id2label", "label2id", "problem_type",
+     "output_attentions", "output_hidden_states", "return_dict", "use_return_dict"}
+)
+
+
+def config_spec(config: Any) -> dict[str, Any]:
+    """The model config fields that determine the computation (heads, eps, activation …).
+
+    They live in no tensor, so two directories with equal tensors but another head count
+    would otherwise share one hash.
+    """
+    return {k: v for k, v in sorted(config.to_dict().items()) if not k.startswith("_") and k not in _CONFIG_NOT_HASHED}
+
+
 def _looks_local(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
@@ -140,9 +157,11 @@ class HFBackbone(Backbone):
         return self.dim if layers is None else self.dim * len(layers)
 
     def output_spec(self, dense: bool, layers: Sequence[int] | None = None) -> dict[str, Any]:
+        arch = config_spec(self.model.config)
         if layers is not None:
             norm = "layernorm" if self._final_norm is not None else None
             spec: dict[str, Any] = {
+                "architecture": arch,
                 "layer": {"blocks": list(layers), "source": "hidden_states[block + 1]", "norm": norm},
                 "cls": "concat over blocks of block_output[:, 0]",
                 "patches": f"concat on channels over blocks of block_output[:, {self.num_prefix}:]" if dense else None,
@@ -153,6 +172,7 @@ class HFBackbone(Backbone):
                 spec["mae"] = {"mask_ratio": 0.0, "noise": "arange (identity order)"}
             return spec
         spec = {
+            "architecture": arch,
             "layer": "last_hidden_state",
             "cls": "last_hidden_state[:, 0]",
             "patches": f"last_hidden_state[:, {self.num_prefix}:]" if dense else None,
@@ -269,12 +289,13 @@ def load_backbone(name: str, source: str, *, expect_dim: int | None = None, defa
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise here
     try:
         if model_type == "clip":
-            model = CLIPVisionModel.from_pretrained(source)
+            model = CLIPVisionModel.from_pretrained(source, dtype=torch.float32)
             model_type = "clip_vision_model"
         elif model_type == "vit_mae":
-            model = AutoModel.from_pretrained(source, mask_ratio=0.0)  # features need every patch
+            model = AutoModel.from_pretrained(source, mask_ratio=0.0, dtype=torch.float32)  # features need every patch
         else:
-            model = AutoModel.from_pretrained(source)
+            # float32 whatever the checkpoint's dtype: the output spec says compute_dtype float32
+            model = AutoModel.from_pretrained(source, dtype=torch.float32)
         processor = AutoImageProcessor.from_pretrained(source)
     except Exception as exc:
         raise _not_found(name, source, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, default_source) from exc

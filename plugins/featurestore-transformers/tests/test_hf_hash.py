@@ -115,3 +115,30 @@ def test_registers_change_output_spec(tiny_model_factory):
     c = card(tiny_model_factory("dinov2_reg", seed=3), dense=True)
     assert c.output_spec["patches"] == "last_hidden_state[:, 5:]"
     assert c.token_layout.num_register_tokens == 4
+
+
+@pytest.mark.parametrize("field, value", [("num_attention_heads", 4), ("layer_norm_eps", 1e-3), ("hidden_act", "relu")])
+def test_config_change_with_equal_tensors_changes_model_hash(st_dir, base_card, tmp_path, field, value):
+    """Heads, eps and activation live in no tensor but change the forward: they are hashed."""
+    d = shutil.copytree(st_dir, tmp_path / f"cfg_{field}")
+    cfg_path = d / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg[field] != value
+    cfg[field] = value
+    cfg_path.write_text(json.dumps(cfg))
+    c = card(d)
+    assert c.weights_sha256 == base_card.weights_sha256
+    assert c.model_hash != base_card.model_hash
+    assert c.output_spec["architecture"][field] == value
+
+
+def test_bookkeeping_config_fields_are_not_hashed(st_dir, base_card, tmp_path):
+    d = shutil.copytree(st_dir, tmp_path / "cfg_books")
+    cfg_path = d / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["transformers_version"] = "0.0.1"
+    cfg["architectures"] = ["SomethingElse"]
+    cfg["id2label"] = {"0": "a", "1": "b"}
+    cfg["label2id"] = {"a": 0, "b": 1}
+    cfg_path.write_text(json.dumps(cfg))
+    assert card(d).model_hash == base_card.model_hash
