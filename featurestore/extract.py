@@ -22,7 +22,7 @@ from featurestore.config import ErrorRecord, ExtractConfig, ExtractSummary, Mode
 from featurestore.errors import ConfigError, StoreError
 from featurestore.hashing import model_hash, weights_sha256
 from featurestore.layers import resolve_layers
-from featurestore.loader import SourceDataset, make_loader
+from featurestore.loader import SourceDataset, make_loader, start_worker_server
 from featurestore.media import DECODE_POLICY
 from featurestore.store import Store, feature_batch, table_name_for
 
@@ -143,13 +143,16 @@ def run_extraction(
     """Extract features for ``sources`` into the table of ``backbone``'s model hash."""
     device = resolve_device(config.device)
     layers = resolve_layers(config.layers, backbone.num_layers, config.backbone)
+    preprocessor = backbone.preprocessor()
+    if config.workers:
+        start_worker_server(preprocessor)  # its imports overlap hashing and opening the store
     card = build_card(backbone, config.backbone, dense=config.dense, layers=layers, weights_arg=config.weights)
     table = store.register_model(card)
     existing = frozenset(store.existing_ids(table))
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     backbone.to(device)
 
-    dataset = SourceDataset(sources, backbone.preprocessor(), existing, config.max_pixels)
+    dataset = SourceDataset(sources, preprocessor, existing, config.max_pixels)
     loader = make_loader(dataset, batch_size=config.batch_size, workers=config.workers, pin_memory=device.type == "cuda")
     schema = table.schema
     seen: set[str] = set()

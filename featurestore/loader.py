@@ -8,10 +8,12 @@ collated in the workers so the main process only runs the forward pass and write
 from __future__ import annotations
 
 import multiprocessing
+import pickle
+import pickletools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -124,18 +126,51 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _worker_context() -> Any:
+BASE_PRELOAD = ("torch", "featurestore.loader")
+
+
+def pickled_modules(obj: Any) -> list[str]:
+    """Modules a worker must import to unpickle ``obj`` (e.g. a plugin's preprocessor).
+
+    Read off the pickle's GLOBAL opcodes (protocol 2 spells them ``module name``).
+    """
+    try:
+        data = pickle.dumps(obj, protocol=2, fix_imports=False)
+    except Exception:  # not picklable: the DataLoader will say so, with its own message
+        return []
+    mods = []
+    for op, arg, _pos in pickletools.genops(data):
+        if op.name == "GLOBAL" and isinstance(arg, str):
+            mod = arg.split(" ", 1)[0]
+            if mod not in mods and mod not in ("builtins", "copyreg", "__main__"):
+                mods.append(mod)
+    return mods
+
+
+def _worker_context(preload: Sequence[str] = ()) -> Any:
     """Workers start from a clean forkserver, never by forking this process.
 
     By now this process runs LanceDB's async runtime (and maybe CUDA); forking it can
     deadlock a child that inherits a lock held by one of those threads. The forkserver
-    preloads torch and this module once, so each worker still starts in well under a second.
+    imports torch, this module and ``preload`` (the preprocessor's modules) once, so each
+    worker starts in well under a second instead of importing a model library itself.
+    Preloading applies to the first forkserver of a process; later runs reuse it.
     """
     if sys.platform == "win32" or "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "featurestore.loader"])
+    ctx.set_forkserver_preload([*BASE_PRELOAD, *(m for m in preload if m not in BASE_PRELOAD)])
     return ctx
+
+
+def start_worker_server(preprocessor: Any) -> None:
+    """Start the forkserver now, importing what the workers will need, while this process
+    goes on hashing the model and opening the store (it does not wait for the imports)."""
+    ctx = _worker_context(pickled_modules(preprocessor))
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def make_loader(dataset: SourceDataset, *, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
