@@ -144,3 +144,12 @@ def test_registered_names_are_listed(capsys):
     assert main(["backbones", "siglip_*", "--json"]) == 0
     sig = {b["name"]: b for b in json.loads(capsys.readouterr().out)}
     assert sig["siglip_so400m14_384"]["dim"] == 1152 and sig["siglip_so400m14_384"]["patch_size"] == 14
+
+
+def test_workers_preload_open_clip(models, tmp_path):
+    """The forkserver imports open_clip's transforms once, instead of every worker doing it."""
+    from featurestore.loader import pickled_modules
+
+    pre = FeatureStore(tmp_path / "s").backbone(f"open_clip:local-dir:{models['clip']}").preprocessor()
+    mods = pickled_modules(pre)
+    assert "open_clip.transform" in mods and "featurestore_openclip.backbone" in mods
