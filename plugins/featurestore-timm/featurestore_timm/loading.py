@@ -227,7 +227,7 @@ def load_from_hub(name: str, arch: str, tag: str | None) -> LoadedModel:
     try:
         model = timm.create_model(full, pretrained=True, num_classes=0)
     except Exception as exc:  # offline, missing cache, HTTP errors: all mean "no weights here"
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(". ")
         where = f"hf-hub:{hub_id}" if hub_id else (getattr(cfg, "url", None) or "its download URL")
         raise WeightsNotFoundError(
             f"could not load pretrained weights for timm model {full!r} (backbone {name!r}) from {where}: "
