@@ -1,0 +1,90 @@
+"""Default weights come from the hub via ``timm.create_model(..., pretrained=True)``.
+
+The real download is marked ``network`` and skipped when the hub cannot be reached; the
+offline failure is real too: a fresh process with ``HF_HUB_OFFLINE=1`` and an empty cache.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore import FeatureStore
+from featurestore.testing import write_images
+
+HUB = ("huggingface.co", 443)
+
+
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """None when a TLS connection to the hub opens within ``timeout`` s, else why not."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    result: dict[str, str | None] = {}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(HUB, timeout=timeout) as sock:
+                with ssl.create_default_context().wrap_socket(sock, server_hostname=HUB[0]):
+                    result["reason"] = None
+        except OSError as exc:
+            result["reason"] = f"cannot connect to {HUB[0]}:{HUB[1]}: {exc}"
+
+    t = threading.Thread(target=probe, daemon=True)  # a slow DNS lookup cannot hang the run
+    t.start()
+    t.join(timeout + 0.5)
+    return result.get("reason", f"no connection to {HUB[0]}:{HUB[1]} within {timeout:.0f} s")
+
+
+@pytest.mark.network
+def test_real_test_resnet_weights_from_the_hub(tmp_path):
+    reason = hub_unreachable_reason()
+    if reason:
+        pytest.skip(f"hub not reachable: {reason}")
+    import timm
+    import torch
+
+    from featurestore_timm.testing import reference_pixels
+
+    imgs = write_images(tmp_path / "imgs", 2, size=(96, 72))
+    fs = FeatureStore(tmp_path / "store.lance")
+    s = fs.extract([tmp_path / "imgs"], backbone="timm:test_resnet", workers=0)
+    assert (s.written, s.errors, s.ok) == (2, 0, True)
+    card = fs.card(s.table)
+    assert card.weights_source == "hf-hub:timm/test_resnet.r160_in1k" and card.weights_arg is None
+    model = timm.create_model("test_resnet.r160_in1k", pretrained=True).eval()
+    rows = {str(Path(r["uri"]).resolve()): r for r in fs.table(s.table).to_arrow().to_pylist()}
+    for p in imgs:
+        with torch.no_grad():
+            pooled = model.forward_head(model.forward_features(reference_pixels(model, p)), pre_logits=True)[0]
+        np.testing.assert_allclose(np.asarray(rows[str(p.resolve())]["cls"], np.float32), pooled.numpy(), atol=1e-4)
+
+
+OFFLINE_SCRIPT = """
+from featurestore.api import create_backbone
+from featurestore.errors import WeightsNotFoundError
+try:
+    create_backbone("resnet50")
+except WeightsNotFoundError as exc:
+    print("ERROR:", exc)
+else:
+    print("LOADED")
+"""
+
+
+def test_offline_without_cache_is_weights_not_found(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    env["TORCH_HOME"] = str(tmp_path / "torch")
+    out = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    msg = out.stdout
+    assert msg.startswith("ERROR:"), msg
+    assert "'resnet50.a1_in1k'" in msg and "hf-hub:timm/resnet50.a1_in1k" in msg
+    assert "--weights FILE" in msg and "hf download timm/resnet50.a1_in1k --local-dir DIR" in msg
