@@ -182,13 +182,13 @@ class TimmBackbone(Backbone):
             )
         h, w = px.shape[-2:]
         by_index = {}
-        for i, out in zip(wanted, outs):
+        for i, out in zip(wanted, outs, strict=True):
             if self.fmt == "NLC":
                 tokens, prefix = out if isinstance(out, tuple) else (out, None)  # (B, N, C), (B, P, C)
                 glob = prefix[:, 0] if prefix is not None else tokens.mean(dim=1)  # (B, C)
                 grid = self._token_grid(int(h), int(w), tokens.shape[1])
             else:
-                b, c, gh, gw = out.shape  # (B, C, H, W)
+                gh, gw = out.shape[-2:]  # out: (B, C, H, W)
                 glob = out.mean(dim=(2, 3))  # (B, C)
                 tokens, grid = out.flatten(2).transpose(1, 2), (gh, gw)  # (B, H*W, C)
             by_index[i] = (glob, tokens, grid)
@@ -200,8 +200,9 @@ class TimmBackbone(Backbone):
             if self.num_layers is None:
                 raise UnsupportedModelError(f"backbone {self.name!r} cannot output intermediate layers. Fix: leave out --layers.")
             chans = int(self.data_config["input_size"][0])
+            device = next(iter(self.model.parameters()), torch.zeros(())).device  # the model may be on a GPU by now
             with torch.inference_mode():
-                outs = self._run_layers(torch.zeros(1, chans, self.input_h, self.input_w), range(self.num_layers))
+                outs = self._run_layers(torch.zeros(1, chans, self.input_h, self.input_w, device=device), range(self.num_layers))
             self._layer_shapes = [(int(g.shape[1]), *grid) for g, _, grid in outs]
         return self._layer_shapes
 
@@ -276,7 +277,7 @@ class TimmBackbone(Backbone):
         if self.fmt == "NLC":
             layer = {"indices": list(layers), "unit": "block", "source": "forward_intermediates", "norm": "final norm"}
             cls = "concat over blocks of " + ("prefix token 0 (CLS)" if self.has_cls_token else "the mean patch token")
-            patches = f"concat on channels over blocks of the patch tokens (prefix tokens dropped), row-major"
+            patches = "concat on channels over blocks of the patch tokens (prefix tokens dropped), row-major"
         else:
             layer = {"indices": list(layers), "unit": "stage (feature_info)", "source": "forward_intermediates", "norm": None}
             cls = "concat over stages of the stage feature map's spatial mean"
