@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from timm.data import create_transform  # at import: the worker forkserver preloads this module, and timm with it
+
 from featurestore.backbone import Preprocessed
 
 if TYPE_CHECKING:
@@ -81,8 +83,6 @@ class TimmPreprocessor:
     def transform(self) -> Any:
         """``timm.data.create_transform(**config, is_training=False)``, built on first use."""
         if self._transform is None:
-            from timm.data import create_transform
-
             cfg = dict(self.config)
             cfg["input_size"] = tuple(cfg["input_size"])
             self._transform = create_transform(**cfg, is_training=False)
