@@ -35,4 +35,5 @@ def register_backbones(register: "RegisterFn") -> None:
         dim=64,
         patch_size=8,
         source="--weights FILE.safetensors (python -m featurestore_example.make_weights FILE)",
+        layout="CLS + 8×8 patches of 8 px at 64×64",
     )
