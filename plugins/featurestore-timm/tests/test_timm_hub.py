@@ -7,40 +7,15 @@ offline failure is real too: a fresh process with ``HF_HUB_OFFLINE=1`` and an em
 from __future__ import annotations
 
 import os
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from featurestore import FeatureStore
-from featurestore.testing import write_images
-
-HUB = ("huggingface.co", 443)
-
-
-def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """None when a TLS connection to the hub opens within ``timeout`` s, else why not."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    result: dict[str, str | None] = {}
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(HUB, timeout=timeout) as sock:
-                with ssl.create_default_context().wrap_socket(sock, server_hostname=HUB[0]):
-                    result["reason"] = None
-        except OSError as exc:
-            result["reason"] = f"cannot connect to {HUB[0]}:{HUB[1]}: {exc}"
-
-    t = threading.Thread(target=probe, daemon=True)  # a slow DNS lookup cannot hang the run
-    t.start()
-    t.join(timeout + 0.5)
-    return result.get("reason", f"no connection to {HUB[0]}:{HUB[1]} within {timeout:.0f} s")
+from featurestore.testing import hub_unreachable_reason, write_images
 
 
 @pytest.mark.network
