@@ -51,6 +51,10 @@ class UnsupportedModelError(FeatureStoreError, ValueError):
     """A model was loaded but cannot produce the features asked for."""
 
 
+class UnsafeCheckpointError(ConfigError):
+    """A pickled checkpoint needs more than tensors to load, so loading it could run code."""
+
+
 # --- inputs -----------------------------------------------------------------
 
 

@@ -5,8 +5,8 @@ Model names are what ``open_clip.create_model`` accepts: a built-in architecture
 weights). ``weights`` is a pretrained tag of a built-in architecture (``openai``,
 ``laion2b_s34b_b79k``, ``webli`` …) or a checkpoint file.
 
-Checkpoint files are read as safetensors, or with ``torch.load(weights_only=True)``: a
-pickle that would run code is refused, never executed.
+Checkpoint files are read by :mod:`featurestore.checkpoints`: safetensors, or
+``torch.load(weights_only=True)``; a pickle that would run code is refused, never executed.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
-from featurestore.errors import ConfigError, MissingDependencyError, UnsupportedModelError, WeightsNotFoundError
+from featurestore.checkpoints import CHECKPOINT_SUFFIXES as SAFE_SUFFIXES
+from featurestore.checkpoints import read_state_dict
+from featurestore.errors import ConfigError, MissingDependencyError, UnsafeCheckpointError, UnsupportedModelError, WeightsNotFoundError
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
+CHECKPOINT_SUFFIXES = (*SAFE_SUFFIXES, ".npz")
 # preferred weight files inside a local-dir, safetensors first
 DIR_CHECKPOINTS = (
     "open_clip_model.safetensors",
@@ -97,44 +98,13 @@ def load_model_config(name: str, model_name: str) -> dict[str, Any]:
     return cfg
 
 
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """Tensors of a checkpoint file: safetensors, or a pickle read with ``weights_only=True``."""
-    import torch
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise WeightsNotFoundError(f"cannot read safetensors checkpoint {path}: {_first_line(exc)}") from exc
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsupportedModelError(
-            f"refusing to load checkpoint {path}: it is a pickle that holds more than tensors (it could run code "
-            f"when loaded), and only weights_only loading is allowed. Fix: convert it to safetensors on a machine "
-            f"you trust (safetensors.torch.save_file(state_dict, 'model.safetensors')) and pass that file. "
-            f"({_first_line(exc)})"
-        ) from exc
-    except Exception as exc:
-        raise WeightsNotFoundError(f"cannot read checkpoint {path}: {_first_line(exc)}. Fix: pass a .safetensors or a torch state dict file.") from exc
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
-        raise UnsupportedModelError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors")
-    if next(iter(obj)).startswith("module."):
-        obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return obj
-
-
 def read_checkpoint(path: Path, name: str) -> dict[str, Any] | None:
     """Read a checkpoint file safely before any model is built (None: a big_vision ``.npz``)."""
-    if path.suffix not in CHECKPOINT_SUFFIXES:
+    if not path.name.lower().endswith(CHECKPOINT_SUFFIXES):
         raise UnsupportedModelError(
             f"backbone {name!r}: checkpoint {path} has suffix {path.suffix!r}; supported: {', '.join(CHECKPOINT_SUFFIXES)}"
         )
-    return None if path.suffix == ".npz" else read_state_dict(path)
+    return None if path.suffix == ".npz" else read_state_dict(path)  # safetensors or weights_only pickles
 
 
 def load_into(model: Any, path: Path, state_dict: dict[str, Any] | None, name: str) -> None:
@@ -197,7 +167,7 @@ def build_model(name: str, model_name: str, weights: str | None) -> tuple[Any, d
     oc = _open_clip()
     schema, ident = split_schema(model_name)
     model_cfg = load_model_config(name, model_name)
-    file = Path(weights).expanduser() if weights and (Path(weights).expanduser().exists() or "/" in weights or Path(weights).suffix in CHECKPOINT_SUFFIXES) else None
+    file = Path(weights).expanduser() if weights and (Path(weights).expanduser().exists() or "/" in weights or weights.lower().endswith(CHECKPOINT_SUFFIXES)) else None
     if file is not None and not file.is_file():
         raise WeightsNotFoundError(
             f"backbone {name!r}: checkpoint file {str(file)!r} does not exist. Fix: pass an existing .safetensors / .bin / .pth file, or a pretrained tag."
@@ -244,7 +214,7 @@ def build_model(name: str, model_name: str, weights: str | None) -> tuple[Any, d
         else:  # hf-hub with its own weights
             model = oc.create_model(model_name)
             source = model_name
-    except (WeightsNotFoundError, UnsupportedModelError, ConfigError):
+    except (WeightsNotFoundError, UnsupportedModelError, ConfigError, UnsafeCheckpointError):
         raise
     except Exception as exc:
         raise WeightsNotFoundError(

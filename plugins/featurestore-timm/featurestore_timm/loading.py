@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +27,13 @@ from typing import Any
 
 import torch
 
-from featurestore.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
+from featurestore.checkpoints import CHECKPOINT_SUFFIXES
+from featurestore.checkpoints import read_state_dict as read_checkpoint
+from featurestore.errors import ConfigError, MissingDependencyError, UnsafeCheckpointError, WeightsNotFoundError
 
-PICKLE_SUFFIXES = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt")
-CHECKPOINT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 # files looked for, in this order, in an export directory
 DIR_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
-# keys under which training scripts nest the state dict
-WRAPPER_KEYS = ("state_dict", "model")
 FAMILY = "timm:"
-
-
-class UnsafeCheckpointError(ConfigError):
-    """A pickled checkpoint needs more than tensors to load, so loading it could run code."""
 
 
 class CheckpointMismatchError(ConfigError):
@@ -345,77 +338,6 @@ def load_from_directory(name: str, arch: str, path: Path) -> LoadedModel:
         model_args=model_args,
         ignored_keys=ignored,
     )
-
-
-def _convert_hint(path: Path) -> str:
-    out = path.with_suffix(".safetensors") if not path.name.endswith(".pth.tar") else path.with_name(path.name[: -len(".pth.tar")] + ".safetensors")
-    return (
-        f"Fix: convert it to safetensors once, on a machine where you trust the file: "
-        f"python -c \"import torch, safetensors.torch as st; ck = torch.load('{path}', weights_only=False); "
-        f"sd = ck.get('state_dict', ck.get('model', ck)); st.save_file({{k: v.contiguous() for k, v in sd.items()}}, '{out}')\" "
-        f"and pass --weights {out}"
-    )
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in a checkpoint file, read without running any code stored in it.
-
-    Raises:
-        UnsafeCheckpointError: a pickle that needs Python objects other than tensors.
-        ConfigError: unknown suffix, unreadable file, or no state dict inside.
-    """
-    lower = path.name.lower()
-    if lower.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as exc:
-            raise MissingDependencyError("safetensors", f"reading {path}") from exc
-        try:
-            obj: Any = load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise ConfigError(f"--weights {str(path)!r}: not a readable safetensors file ({type(exc).__name__}: {exc}). Fix: re-save it with safetensors.torch.save_file.") from exc
-    elif lower.endswith(PICKLE_SUFFIXES):
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln), str(exc).splitlines()[0] if str(exc) else "")
-            raise UnsafeCheckpointError(
-                f"refusing to load --weights {str(path)!r}: the pickle needs Python objects other than tensors "
-                f"({detail}), and unpickling those can run arbitrary code. Only torch.load(weights_only=True) is used "
-                f"for .pth/.pt/.bin files. {_convert_hint(path)}"
-            ) from exc
-        except Exception as exc:
-            raise ConfigError(
-                f"--weights {str(path)!r}: not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-                f"Fix: pass a file written by torch.save(model.state_dict(), ...) or a .safetensors file."
-            ) from exc
-    else:
-        raise ConfigError(
-            f"--weights {str(path)!r}: unknown checkpoint type {path.suffix!r}. "
-            f"Fix: use a file ending in one of {', '.join(CHECKPOINT_SUFFIXES)}."
-        )
-    return _unwrap(obj, path)
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if not _is_state_dict(obj) and isinstance(obj, dict):
-        for key in WRAPPER_KEYS:
-            if _is_state_dict(obj.get(key)):
-                obj = obj[key]
-                break
-    if not _is_state_dict(obj):
-        what = f"a dict with keys {sorted(map(str, obj))[:10]}" if isinstance(obj, dict) else type(obj).__name__
-        raise ConfigError(
-            f"--weights {str(path)!r} holds {what}, not a state dict of tensors (nor one under "
-            f"{' / '.join(repr(k) for k in WRAPPER_KEYS)}). Fix: save model.state_dict() itself."
-        )
-    if all(k.startswith("module.") for k in obj):  # saved from DistributedDataParallel
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
 
 
 def _classifier_names(model: torch.nn.Module) -> tuple[str, ...]:
