@@ -93,6 +93,23 @@ class DecompressionBombError(MediaError):
     """The image claims more pixels than the decoder's safety limit."""
 
 
+class NoVideoStreamError(MediaError):
+    """A media container without a decodable video stream (e.g. audio only)."""
+
+
+class VideoDecodeError(MediaError):
+    """Decoding a video failed part-way; frames before ``timestamp_s`` were usable.
+
+    ``timestamp_s`` is where decoding failed (the last good frame's timestamp, or 0.0 when
+    no frame decoded); ``frames_ok`` how many sampled frames were produced before it.
+    """
+
+    def __init__(self, uri: str, message: str, *, timestamp_s: float = 0.0, frames_ok: int = 0):
+        self.timestamp_s = timestamp_s
+        self.frames_ok = frames_ok
+        super().__init__(uri, message)
+
+
 class ReadError(MediaError):
     """The file could not be read (missing, permission denied, a directory …)."""
 
