@@ -70,6 +70,10 @@ class FeatureStore:
         device: str = "auto",
         max_error_rate: float = 1.0,
         max_pixels: int | None = None,
+        sample: str = "uniform:8",
+        aggregate: Sequence[str] | None = None,
+        window: float | None = None,
+        stride: float | None = None,
         progress: bool = False,
     ) -> ExtractSummary:
         """Extract CLS (and with ``dense`` patch) features of images into this store.
@@ -86,6 +90,11 @@ class FeatureStore:
             device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
             max_error_rate: ``ok`` is False when errors / inputs exceeds this.
             max_pixels: decompression-bomb limit (None: Pillow's).
+            sample: video frame sampling: ``uniform:N``, ``fps:R``, ``keyframes`` or ``every:K``.
+            aggregate: temporal aggregators (``mean``, ``trimmed-mean:proportion=0.2`` …) run on
+                the frames of every video of this run; clip rows go to one table per aggregator.
+            window: aggregate per window of this many seconds instead of per video.
+            stride: seconds between window starts (default: ``window``).
             progress: show a progress bar on stderr.
 
         Returns:
@@ -101,6 +110,10 @@ class FeatureStore:
             device=device,
             max_error_rate=max_error_rate,
             max_pixels=max_pixels,
+            sample=sample,
+            aggregate=list(aggregate or []),
+            window=window,
+            stride=stride,
         )
         sources = expand_sources(str(p) for p in paths)
         return run_extraction(self.store, self.backbone(backbone, weights), sources, config, progress=progress)
@@ -116,6 +129,29 @@ class FeatureStore:
     def table(self, ref: str) -> Any:
         """The LanceDB table of a model (see :meth:`card` for ``ref``)."""
         return self.store.open_table(self.card(ref).table)
+
+    def aggregate(self, ref: str, aggregator: str, *, window: float | None = None, stride: float | None = None) -> Any:
+        """Aggregate the stored frames of every video of model ``ref``; nothing is re-extracted.
+
+        Args:
+            ref: the model (table name, hash prefix or backbone name).
+            aggregator: ``NAME`` or ``NAME:key=value,…`` (see ``featurestore aggregators``).
+            window: seconds per clip (None: one clip per video).
+            stride: seconds between window starts (default ``window``).
+
+        Returns:
+            :class:`featurestore.clips.AggregateResult` (clip table, rows written …).
+        """
+        from featurestore.clips import aggregate_videos, load_aggregators
+
+        (agg,) = load_aggregators([aggregator])
+        return aggregate_videos(self.store, self.card(ref), agg, window=window, stride=stride, run_id="aggregate")
+
+    def clips(self) -> list[dict[str, Any]]:
+        """The clip tables of this store: aggregator, spec, model, rows."""
+        from featurestore.clips import clip_tables
+
+        return clip_tables(self.store)
 
     def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Rows of the errors table, optionally of one run."""

@@ -48,6 +48,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
         weights=args.weights,
         dense=args.dense,
         layers=args.layers,
+        sample=args.sample,
+        aggregate=[a for spec in args.aggregate or [] for a in _split_aggregators(spec)],
+        window=args.window,
+        stride=args.stride,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -65,6 +69,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
             f"duplicate content {summary.skipped_duplicate}, errors {summary.errors} "
             f"({summary.error_rate:.1%}) in {summary.seconds:.1f}s, {summary.images_per_second:.1f} img/s"
         )
+        if summary.videos:
+            c.print(f"videos {summary.videos}: frame rows written {summary.frames_written}")
+        for t in summary.clip_tables:
+            c.print(f"clips → table [cyan]{t}[/]")
+        if summary.clip_tables:
+            c.print(f"clip rows written {summary.clips_written}")
         for e in summary.error_samples:
             c.print(f"  [red]error[/] {e.stage} {e.error_type}: {e.uri}: {e.message}", markup=False, highlight=False)
         if summary.errors > len(summary.error_samples):
@@ -141,6 +151,55 @@ def backbones_markdown(items: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _split_aggregators(text: str) -> list[str]:
+    """``mean,max`` → two names; commas inside ``name:k=v,k2=v2`` stay with their name."""
+    out: list[str] = []
+    for part in text.split(","):
+        if out and "=" in part and ":" not in part:
+            out[-1] += "," + part  # another parameter of the previous aggregator
+        elif part.strip():
+            out.append(part.strip())
+    return out
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from featurestore.api import FeatureStore
+
+    fs = FeatureStore(args.store)
+    results = [fs.aggregate(args.model, a, window=args.window, stride=args.stride) for a in _split_aggregators(args.aggregator)]
+    if args.json:
+        _print_json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            _console().print(f"{r.aggregator} → table [cyan]{r.table}[/]: {r.videos} videos, {r.clips} clips, {r.written} new")
+    return 0
+
+
+def cmd_clips(args: argparse.Namespace) -> int:
+    from featurestore.api import FeatureStore
+
+    items = FeatureStore(args.store).clips()
+    if args.json:
+        _print_json(items)
+    else:
+        rows = [(c["table"], c["aggregator"], json.dumps(c["spec"]["params"]), c["model_table"], c["rows"], c["dim"]) for c in items]
+        _table(f"clip tables in {args.store}", ["table", "aggregator", "params", "model table", "rows", "dim"], rows)
+    return 0
+
+
+def cmd_aggregators(args: argparse.Namespace) -> int:
+    from featurestore.plugins import get_host
+
+    reg = get_host().aggregators
+    items = [{"name": e.name, "plugin": e.plugin, **e.metadata} for e in reg.entries() if e.name in reg.names()]
+    if args.json:
+        _print_json(items)
+    else:
+        rows = [(a["name"], json.dumps(a.get("params") or {}), "yes" if a.get("patches") else "no", a["plugin"], a.get("summary")) for a in items]
+        _table("aggregators", ["name", "params (defaults)", "patches", "plugin", "summary"], rows)
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from featurestore.api import FeatureStore
 
@@ -190,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers",
         help="store these blocks' outputs, concatenated: e.g. -4,-3,-2,-1 or last4 (default: the backbone's output)",
     )
+    e.add_argument("--sample", default="uniform:8", help="video frames: uniform:N, fps:R, keyframes or every:K (default uniform:8)")
+    e.add_argument("--aggregate", action="append", metavar="NAME[,NAME…]", help="temporal aggregators for each video's frames, e.g. mean,meanmax")
+    e.add_argument("--window", type=float, help="with --aggregate: one clip per window of this many seconds")
+    e.add_argument("--stride", type=float, help="with --window: seconds between window starts (default: the window)")
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass and per commit (default 32)")
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -221,6 +284,24 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--device", default="cpu", help="where to encode the text (default cpu)")
     cl.add_argument("--json", action="store_true", help="one object per image with every label's score")
     cl.set_defaults(func=cmd_classify)
+
+    ag = sub.add_parser("aggregate", help="aggregate the stored frames of videos into clip rows (nothing is re-extracted)")
+    ag.add_argument("--store", "-s", required=True)
+    ag.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
+    ag.add_argument("--aggregator", "-a", required=True, help="NAME[,NAME…], a NAME may take params: trimmed-mean:proportion=0.2")
+    ag.add_argument("--window", type=float, help="one clip per window of this many seconds (default: one per video)")
+    ag.add_argument("--stride", type=float, help="seconds between window starts (default: the window)")
+    ag.add_argument("--json", action="store_true")
+    ag.set_defaults(func=cmd_aggregate)
+
+    cp = sub.add_parser("clips", help="list the clip tables of a store")
+    cp.add_argument("--store", "-s", required=True)
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_clips)
+
+    al = sub.add_parser("aggregators", help="list registered temporal aggregators")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_aggregators)
 
     m = sub.add_parser("models", help="list the models (feature tables) in a store")
     m.add_argument("--store", "-s", required=True)

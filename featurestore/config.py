@@ -77,6 +77,10 @@ class ExtractConfig(_Model):
     device: str = Field("auto", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")
     max_error_rate: float = Field(1.0, ge=0.0, le=1.0, description="fail the run when errors / inputs exceeds this")
     max_pixels: int | None = Field(None, ge=1, description="decompression-bomb limit; None: Pillow's own limit")
+    sample: str = Field("uniform:8", description="video frame sampling: uniform:N, fps:R, keyframes or every:K")
+    aggregate: list[str] = Field(default_factory=list, description="temporal aggregators run on each video's frames after extraction")
+    window: float | None = Field(None, gt=0, description="aggregate per window of this many seconds (None: one clip per video)")
+    stride: float | None = Field(None, gt=0, description="seconds between window starts (default: the window)")
 
 
 class ErrorRecord(_Model):
@@ -87,6 +91,7 @@ class ErrorRecord(_Model):
     stage: Literal["read", "decode", "preprocess", "forward", "write"] = Field(description="where it failed")
     error_type: str = Field(description="error class name, e.g. 'TruncatedImageError'")
     message: str = Field(description="what went wrong and how to fix it")
+    timestamp_s: float | None = Field(None, description="for videos: where decoding failed (earlier frames were kept)")
 
 
 class ExtractSummary(_Model):
@@ -104,6 +109,10 @@ class ExtractSummary(_Model):
     skipped_existing: int = Field(description="inputs whose content was already in the table (not recomputed)")
     skipped_duplicate: int = Field(description="inputs whose content appeared earlier in this run under another path")
     errors: int = Field(description="inputs that failed; each is a row in the `errors` table")
+    videos: int = Field(0, description="inputs that are video files")
+    frames_written: int = Field(0, description="of `written`, rows that are video frames")
+    clips_written: int = Field(0, description="clip rows written by --aggregate")
+    clip_tables: list[str] = Field(default_factory=list, description="clip tables written by --aggregate")
     error_rate: float
     seconds: float
     images_per_second: float = Field(description="written rows per second of wall time")

@@ -21,6 +21,7 @@ from featurestore.backbone import Backbone
 from featurestore.config import ErrorRecord, ExtractConfig, ExtractSummary, ModelCard
 from featurestore.errors import ConfigError, StoreError
 from featurestore.hashing import model_hash, weights_sha256
+from featurestore.clips import load_aggregators
 from featurestore.layers import resolve_layers
 from featurestore.loader import SourceDataset, make_loader, start_worker_server
 from featurestore.media import DECODE_POLICY
@@ -141,8 +142,13 @@ def run_extraction(
     progress: bool = False,
 ) -> ExtractSummary:
     """Extract features for ``sources`` into the table of ``backbone``'s model hash."""
+    from featurestore.video import is_video_path, parse_sample
+
     device = resolve_device(config.device)
     layers = resolve_layers(config.layers, backbone.num_layers, config.backbone)
+    sample = parse_sample(config.sample)
+    n_videos = sum(1 for s in sources if is_video_path(s))
+    aggregators = load_aggregators(config.aggregate) if config.aggregate else []
     preprocessor = backbone.preprocessor()
     if config.workers:
         start_worker_server(preprocessor)  # its imports overlap hashing and opening the store
@@ -152,11 +158,13 @@ def run_extraction(
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     backbone.to(device)
 
-    dataset = SourceDataset(sources, preprocessor, existing, config.max_pixels)
+    dataset = SourceDataset(sources, preprocessor, existing, config.max_pixels, sample if n_videos else None)
     loader = make_loader(dataset, batch_size=config.batch_size, workers=config.workers, pin_memory=device.type == "cuda")
     schema = table.schema
     seen: set[str] = set()
-    written = skipped_existing = skipped_dup = 0
+    written = skipped_existing = skipped_dup = frames_written = 0
+    run_videos: list[str] = []  # video ids with frames in this run (new or already stored), in order
+    run_videos_seen: set[str] = set()
     errors: list[ErrorRecord] = []
     error_budget = config.max_error_rate * len(sources)
     bar = _Progress(len(sources), progress, config.backbone)
@@ -164,6 +172,8 @@ def run_extraction(
     try:
         for batch in loader:
             batch_errors = list(batch.errors)
+            run_videos.extend(v for v in batch.video_ids if v not in run_videos_seen)
+            run_videos_seen.update(batch.video_ids)
             skipped_existing += len(batch.skipped)
             n_new = 0
             for group in batch.groups:
@@ -196,15 +206,24 @@ def run_extraction(
                         f"Rows committed before this batch are kept; re-run to finish."
                     ) from exc
                 n_new += rows.num_rows
+                frames_written += sum(1 for m in metas if m.video_id is not None)
             written += n_new
             if batch_errors:
                 store.write_errors(batch_errors, run_id=run_id, model_hash=card.model_hash, backbone=card.backbone)
                 errors += batch_errors
-            bar.advance(len(batch), n_new)
+            bar.advance(batch.sources_done, n_new)
             if config.max_error_rate < 1.0 and len(errors) > error_budget:
                 break  # the limit is already exceeded: finishing cannot bring the rate back
     finally:
         bar.close()
+    clips_written, clip_tables = 0, []
+    if aggregators:
+        from featurestore.clips import aggregate_videos
+
+        for agg in aggregators:
+            res = aggregate_videos(store, card, agg, video_ids=run_videos, window=config.window, stride=config.stride, run_id=run_id)
+            clips_written += res.written
+            clip_tables.append(res.table)
     seconds = time.perf_counter() - t0
     rate = len(errors) / len(sources) if sources else 0.0
     succeeded = written + skipped_existing + skipped_dup
@@ -221,6 +240,10 @@ def run_extraction(
         skipped_existing=skipped_existing,
         skipped_duplicate=skipped_dup,
         errors=len(errors),
+        videos=n_videos,
+        frames_written=frames_written,
+        clips_written=clips_written,
+        clip_tables=clip_tables,
         error_rate=rate,
         seconds=seconds,
         images_per_second=written / seconds if seconds > 0 else 0.0,
@@ -273,6 +296,9 @@ def _forward_rows(
         patches=patches,
         grids=grids,
         run_id=run_id,
+        video_ids=[m.video_id for m in metas],
+        timestamps=[m.timestamp_s for m in metas],
+        frame_indices=[m.frame_index for m in metas],
     )
 
 

@@ -1,38 +1,44 @@
 """Read → hash → decode → preprocess, run in DataLoader worker processes.
 
 Each item comes back as ok (pixels ready), skipped (its content id is already in the
-table, so it is neither decoded nor computed), or an error record. Batches are
-collated in the workers so the main process only runs the forward pass and writes.
+table, so it is not computed; images are not even decoded), or an error record. A video
+becomes one item per sampled frame. Batches are collated in the workers so the main
+process only runs the forward pass and writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import pickle
 import pickletools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featurestore.backbone import Preprocessor
 from featurestore.config import ErrorRecord
 from featurestore.errors import MediaError
 from featurestore.hashing import content_id
 from featurestore.media import decode_image
+from featurestore.video import is_video_path
 
 
 @dataclass
 class Meta:
-    """Metadata of one image that reached the model."""
+    """Metadata of one image (or video frame) that reached the model."""
 
     id: str
     uri: str
-    size: tuple[int, int]  # (width, height) after EXIF orientation
+    size: tuple[int, int]  # (width, height) after EXIF orientation / display rotation
     crop_box: tuple[float, float, float, float]
+    video_id: str | None = None  # SHA-256 of the video file's bytes, for frames
+    timestamp_s: float | None = None  # presentation time of a frame
+    frame_index: int | None = None  # presentation index of a frame, when known exactly
 
 
 @dataclass
@@ -53,65 +59,161 @@ class Batch:
     groups: list[Group] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, uri) already stored
     errors: list[ErrorRecord] = field(default_factory=list)
+    sources_done: int = 0  # input files finished with this batch (for progress)
+    video_ids: list[str] = field(default_factory=list)  # videos with frames (new or stored) in this batch
 
     def __len__(self) -> int:
         return sum(len(g.metas) for g in self.groups) + len(self.skipped) + len(self.errors)
 
     def pin_memory(self) -> "Batch":
-        return Batch([g.pin_memory() for g in self.groups], self.skipped, self.errors)
+        return Batch([g.pin_memory() for g in self.groups], self.skipped, self.errors, self.sources_done, self.video_ids)
 
 
-def _error(uri: str, cid: str | None, stage: str, exc: BaseException) -> ErrorRecord:
+@dataclass
+class _Item:
+    """One unit from a worker: pixels + meta, a skip, or an error; ``last`` ends its source."""
+
+    kind: str  # "ok" | "skip" | "error"
+    payload: Any
+    last: bool = True
+    video_id: str | None = None  # set on frame items (ok or skip) of a video
+
+
+def _error(uri: str, cid: str | None, stage: str, exc: BaseException, timestamp_s: float | None = None) -> ErrorRecord:
     msg = exc.message if isinstance(exc, MediaError) else f"{type(exc).__name__}: {exc}"
-    return ErrorRecord(id=cid, uri=uri, stage=stage, error_type=type(exc).__name__, message=msg)  # type: ignore[arg-type]
+    return ErrorRecord(id=cid, uri=uri, stage=stage, error_type=type(exc).__name__, message=msg, timestamp_s=timestamp_s)  # type: ignore[arg-type]
 
 
-class SourceDataset(Dataset):
-    """Map-style dataset over file paths; picklable so it runs in worker processes."""
+def _read_error(uri: str, exc: OSError) -> ErrorRecord:
+    reason = exc.strerror or str(exc)
+    return ErrorRecord(uri=uri, stage="read", error_type=type(exc).__name__, message=f"cannot read {uri}: {reason}. Fix: check the path and permissions.")
 
-    def __init__(self, uris: list[str], preprocessor: Preprocessor, skip_ids: frozenset[str], max_pixels: int | None):
+
+def frame_id(video_id: str, pts: int, time_base: Any) -> str:
+    """Row id of a video frame: the file's content hash plus its exact presentation time."""
+    return content_id(f"{video_id}@{pts}*{time_base.numerator}/{time_base.denominator}".encode())
+
+
+def _file_sha256(uri: str) -> str:
+    h = hashlib.sha256()
+    with open(uri, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class SourceDataset(IterableDataset):
+    """Image and video files → items; picklable so it runs in worker processes.
+
+    Each worker takes every ``num_workers``-th source. An image is one item; a video is
+    one item per sampled frame, decoded as a stream (never the whole video in memory).
+    """
+
+    def __init__(
+        self,
+        uris: list[str],
+        preprocessor: Preprocessor,
+        skip_ids: frozenset[str],
+        max_pixels: int | None,
+        sample: Any = None,  # featurestore.video.SampleSpec for video files
+    ):
         self.uris = uris
         self.preprocessor = preprocessor
         self.skip_ids = skip_ids
         self.max_pixels = max_pixels
+        self.sample = sample
 
-    def __len__(self) -> int:
-        return len(self.uris)
+    def __iter__(self) -> Iterator[_Item]:
+        info = get_worker_info()
+        uris = self.uris if info is None else self.uris[info.id :: info.num_workers]
+        for uri in uris:
+            if is_video_path(uri):
+                yield from _with_last(self._video_items(uri))
+            else:
+                yield self._image_item(uri)
 
-    def __getitem__(self, i: int) -> Any:
-        uri = self.uris[i]
+    def _image_item(self, uri: str) -> _Item:
         try:
             data = Path(uri).read_bytes()
         except OSError as exc:
-            reason = exc.strerror or str(exc)
-            return ErrorRecord(
-                uri=uri, stage="read", error_type=type(exc).__name__, message=f"cannot read {uri}: {reason}. Fix: check the path and permissions."
-            )
+            return _Item("error", _read_error(uri, exc))
         cid = content_id(data)
         if cid in self.skip_ids:
-            return ("skip", cid, uri)
+            return _Item("skip", (cid, uri))
         try:
             img = decode_image(data, uri, max_pixels=self.max_pixels)
         except Exception as exc:  # any decoder failure is this item's, not the run's
-            return _error(uri, cid, "decode", exc)
+            return _Item("error", _error(uri, cid, "decode", exc))
         try:
             pre = self.preprocessor(img)
         except Exception as exc:
-            return _error(uri, cid, "preprocess", exc)
-        return Meta(cid, uri, img.size, tuple(float(v) for v in pre.crop_box)), pre.pixel_values  # type: ignore[return-value]
+            return _Item("error", _error(uri, cid, "preprocess", exc))
+        return _Item("ok", (Meta(cid, uri, img.size, tuple(float(v) for v in pre.crop_box)), pre.pixel_values))  # type: ignore[arg-type]
+
+    def _video_items(self, uri: str) -> Iterator[_Item]:
+        from featurestore.video import DEFAULT_SAMPLE, iter_frames, parse_sample
+
+        try:
+            vid = _file_sha256(uri)
+        except OSError as exc:
+            yield _Item("error", _read_error(uri, exc))
+            return
+        frames = iter_frames(uri, self.sample or parse_sample(DEFAULT_SAMPLE), uri=uri, max_pixels=self.max_pixels)
+        last_ts: float | None = None
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            except Exception as exc:  # decoding stopped: frames before it are kept
+                ts = getattr(exc, "timestamp_s", last_ts)
+                yield _Item("error", _error(uri, vid, "decode", exc, timestamp_s=ts))
+                return
+            last_ts = frame.timestamp_s
+            fid = frame_id(vid, frame.pts, frame.time_base)
+            label = f"{uri}#t={frame.timestamp_s:.6f}"
+            if fid in self.skip_ids:
+                yield _Item("skip", (fid, label), video_id=vid)
+                continue
+            try:
+                pre = self.preprocessor(frame.image)
+            except Exception as exc:
+                yield _Item("error", _error(uri, fid, "preprocess", exc, timestamp_s=frame.timestamp_s))
+                continue
+            meta = Meta(fid, uri, frame.image.size, tuple(float(v) for v in pre.crop_box), vid, frame.timestamp_s, frame.frame_index)  # type: ignore[arg-type]
+            yield _Item("ok", (meta, pre.pixel_values), video_id=vid)
 
 
-def collate(items: list[Any]) -> Batch:
+def _with_last(items: Iterator[_Item]) -> Iterator[_Item]:
+    """Mark the final item of a source (one item of lookahead); a source with no items
+    at all (a video where nothing was sampled) still counts as finished."""
+    prev: _Item | None = None
+    for it in items:
+        if prev is not None:
+            prev.last = False
+            yield prev
+        prev = it
+    if prev is None:
+        prev = _Item("skip", None)
+    prev.last = True
+    yield prev
+
+
+def collate(items: list[_Item]) -> Batch:
     """Sort items into ok groups (stacked by shape), skips and errors."""
     batch = Batch()
     by_shape: dict[tuple[int, ...], tuple[list[torch.Tensor], list[Meta]]] = {}
     for it in items:
-        if isinstance(it, ErrorRecord):
-            batch.errors.append(it)
-        elif isinstance(it, tuple) and len(it) == 3 and it[0] == "skip":
-            batch.skipped.append((it[1], it[2]))
+        batch.sources_done += int(it.last)
+        if it.video_id is not None and it.video_id not in batch.video_ids:
+            batch.video_ids.append(it.video_id)
+        if it.kind == "error":
+            batch.errors.append(it.payload)
+        elif it.kind == "skip":
+            if it.payload is not None:
+                batch.skipped.append(it.payload)
         else:
-            meta, px = it
+            meta, px = it.payload
             tensors, metas = by_shape.setdefault(tuple(px.shape), ([], []))
             tensors.append(px)
             metas.append(meta)
@@ -178,7 +280,6 @@ def make_loader(dataset: SourceDataset, *, batch_size: int, workers: int, pin_me
         dataset,
         multiprocessing_context=_worker_context() if workers else None,
         batch_size=batch_size,
-        shuffle=False,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

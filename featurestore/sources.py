@@ -1,6 +1,7 @@
 """Expand what a user names on the command line into a list of input files.
 
-Accepted: image files, directories (recursive; image extensions only), glob patterns,
+Accepted: image and video files, directories (recursive; image and video extensions
+only), glob patterns,
 and ``@list.txt`` files with one path (or glob, or directory) per line (``#`` comments
 and blank lines ignored; relative paths are relative to the list file).
 """
@@ -20,12 +21,19 @@ IMAGE_EXTENSIONS = frozenset(
 _GLOB_CHARS = set("*?[")
 
 
+def _media_extensions() -> frozenset[str]:
+    from featurestore.video import VIDEO_EXTENSIONS
+
+    return IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+
+
 def _walk(directory: Path) -> list[str]:
     found = []
+    exts = _media_extensions()
     for root, dirs, files in os.walk(directory, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts:
                 found.append(os.path.join(root, f))
     return found
 
@@ -83,7 +91,7 @@ def expand_sources(args: Iterable[str]) -> list[str]:
                 out.append(p)
     if not out:
         raise InputError(
-            f"no image files found in {', '.join(args)}. Directories are searched recursively for "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS)[:8])} …; name other files explicitly."
+            f"no image or video files found in {', '.join(args)}. Directories are searched recursively for "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS)[:8])} …, .mp4, .mkv, .webm, .mov, .avi …; name other files explicitly."
         )
     return out

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.config import ErrorRecord, ModelCard
-from featurestore.errors import MissingDependencyError, UnknownModelError
+from featurestore.errors import MissingDependencyError, StoreError, UnknownModelError
 
 if TYPE_CHECKING:
     import lancedb
@@ -48,12 +48,22 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("stage", pa.string()),
         pa.field("error_type", pa.string()),
         pa.field("message", pa.string()),
+        pa.field("timestamp_s", pa.float64()),
         pa.field("run_id", pa.string()),
         pa.field("model_hash", pa.string()),
         pa.field("backbone", pa.string()),
         pa.field("created_at", _TS),
     ]
 )
+
+
+# frame rows carry these; image rows leave them null. Tables made before video support
+# get them added (all null) the first time they are opened for writing.
+VIDEO_FIELDS = [
+    pa.field("video_id", pa.string()),  # SHA-256 of the video file's bytes
+    pa.field("timestamp_s", pa.float64()),  # presentation time of the frame
+    pa.field("frame_index", pa.int64()),  # presentation index, when known exactly
+]
 
 
 def table_name_for(backbone: str, model_hash: str) -> str:
@@ -79,7 +89,7 @@ def feature_schema(dim: int, dense: bool, patch_dim: int | None = None) -> pa.Sc
             pa.field("grid_h", pa.int16()),
             pa.field("grid_w", pa.int16()),
         ]
-    fields += [pa.field("run_id", pa.string()), pa.field("created_at", _TS)]
+    fields += [*VIDEO_FIELDS, pa.field("run_id", pa.string()), pa.field("created_at", _TS)]
     return pa.schema(fields)
 
 
@@ -94,6 +104,9 @@ def feature_batch(
     patches: Sequence[np.ndarray] | None,  # B arrays of (N_i, D)
     grids: Sequence[tuple[int, int]] | None,  # B (grid_h, grid_w), with patches
     run_id: str,
+    video_ids: Sequence[str | None] | None = None,
+    timestamps: Sequence[float | None] | None = None,
+    frame_indices: Sequence[int | None] | None = None,
 ) -> pa.Table:
     """Build one Arrow batch of feature rows in exactly the layout the store writes."""
     n = len(ids)
@@ -116,10 +129,28 @@ def feature_batch(
         cols["patches"] = pa.ListArray.from_arrays(offsets, inner)
         cols["grid_h"] = pa.array([g[0] for g in grids], pa.int16())
         cols["grid_w"] = pa.array([g[1] for g in grids], pa.int16())
+    for name, values, typ in (
+        ("video_id", video_ids, pa.string()),
+        ("timestamp_s", timestamps, pa.float64()),
+        ("frame_index", frame_indices, pa.int64()),
+    ):
+        if name in schema.names:
+            cols[name] = pa.array(list(values) if values is not None else [None] * n, typ)
     now = datetime.now(timezone.utc)
     cols["run_id"] = pa.array([run_id] * n, pa.string())
     cols["created_at"] = pa.array([now] * n, _TS)
     return pa.Table.from_pydict(cols, schema=schema)
+
+
+def ensure_fields(table: Any, schema: pa.Schema) -> Any:
+    """Add the nullable fields of ``schema`` that an older ``table`` lacks (existing rows get nulls)."""
+    have = set(table.schema.names)
+    missing = [f for f in schema if f.name not in have]
+    if missing:
+        if any(not f.nullable for f in missing):
+            raise StoreError(f"table {table.name} lacks required columns {[f.name for f in missing]}")
+        table.add_columns(pa.schema(missing))
+    return table
 
 
 def _connect(path: str) -> "lancedb.DBConnection":
@@ -156,7 +187,7 @@ class Store:
 
     def _open_or_create(self, name: str, schema: pa.Schema) -> Any:
         if name in self.table_names():
-            return self.db.open_table(name)
+            return ensure_fields(self.db.open_table(name), schema)
         return self.db.create_table(name, schema=schema, exist_ok=True)
 
     def open_table(self, name: str) -> Any:

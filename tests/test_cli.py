@@ -44,7 +44,7 @@ def test_exit_codes(tiny_dinov2, store_path, tmp_path):
     assert p.returncode == 1 and json.loads(p.stdout)["error_samples"][0]["stage"] == "read"  # missing file: a row, not a crash
     (tmp_path / "empty_dir").mkdir()
     p = run("extract", tmp_path / "empty_dir", "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, check=False)
-    assert p.returncode == 2 and "no image files found" in p.stderr
+    assert p.returncode == 2 and "no image or video files found" in p.stderr
     p = run("extract", d, "--backbone", "no_such_net", "--store", store_path, check=False)
     assert p.returncode == 2
     assert "unknown backbone 'no_such_net'" in p.stderr and "dinov2_vits14" in p.stderr

@@ -49,7 +49,7 @@ def test_unreadable_list_file_is_a_clear_error(tmp_path):
 
 def test_nothing_found_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no image files found"):
+    with pytest.raises(InputError, match="no image or video files found"):
         expand_sources([tmp_path / "empty"])
     with pytest.raises(InputError, match="no inputs given"):
         expand_sources([])

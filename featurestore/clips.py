@@ -1,0 +1,305 @@
+"""Clip-level features: temporal aggregators over the stored frame rows of videos.
+
+Frame rows (``video_id`` not null) of a model's table are grouped by video, ordered by
+timestamp, optionally cut into windows, and handed to an
+:class:`~featurestore.aggregator.Aggregator`. Clip rows go to a table keyed by the model
+hash and the aggregator's spec (name, parameters, version), named
+``<model table>-<aggregator>-<spec hash[:8]>``, with ``video_id``, ``start_s``, ``end_s``,
+``n_frames`` and the ``frame_ids`` used, so a clip vector traces back to its frames. The
+``clips`` catalog table lists every clip table. Writes are ``merge_insert`` on a clip id
+derived from (spec, video, window), so aggregating twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from featurestore.aggregator import Aggregator
+from featurestore.config import ModelCard
+from featurestore.errors import ConfigError
+from featurestore.hashing import canonical_json, content_id
+from featurestore.store import Store
+
+CLIPS_CATALOG = "clips"
+_TS = pa.timestamp("us", tz="UTC")
+_IN_CHUNK = 256  # video ids per filtered read
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("model_hash", pa.string()),
+        pa.field("model_table", pa.string()),
+        pa.field("aggregator", pa.string()),
+        pa.field("spec", pa.string()),  # the aggregator spec as canonical JSON
+        pa.field("spec_hash", pa.string()),
+        pa.field("dim", pa.int32()),
+        pa.field("dense", pa.bool_()),
+        pa.field("created_at", _TS),
+    ]
+)
+
+
+@dataclass
+class AggregateResult:
+    """What one aggregation wrote."""
+
+    table: str
+    aggregator: str
+    spec: dict[str, Any]
+    videos: int
+    written: int  # new clip rows
+    clips: int  # clip rows computed (new or already stored)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:key=value[,key=value]`` (values as JSON literals when they parse)."""
+    name, _, rest = text.strip().partition(":")
+    if not name:
+        raise ConfigError(f"aggregator {text!r} has no name. Fix: e.g. mean, meanmax or trimmed-mean:proportion=0.2.")
+    params: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"aggregator {text!r}: parameter {part!r} is not key=value. Fix: e.g. trimmed-mean:proportion=0.2.")
+        try:
+            params[key.strip()] = json.loads(value)
+        except ValueError:
+            params[key.strip()] = value.strip()
+    return name, params
+
+
+def load_aggregators(specs: Sequence[str]) -> list[Aggregator]:
+    """Build the aggregators named by ``--aggregate`` / ``--aggregator`` (checked before any work)."""
+    from featurestore.plugins import get_host
+
+    out = []
+    for text in specs:
+        name, params = parse_aggregator(text)
+        entry = get_host().aggregators.get(name)
+        agg = entry.factory(name, **params)
+        if not isinstance(agg, Aggregator):
+            raise ConfigError(
+                f"plugin {entry.plugin!r} returned {type(agg).__name__} for aggregator {name!r}, "
+                "not a featurestore.aggregator.Aggregator. Fix: report this to the plugin's authors."
+            )
+        out.append(agg)
+    return out
+
+
+def clip_table_name(card: ModelCard, agg: Aggregator) -> tuple[str, str]:
+    """(table name, spec hash) of the clip table of ``agg`` over ``card``'s model."""
+    spec_hash = content_id(canonical_json({"model_hash": card.model_hash, "aggregator": agg.spec()}).encode())
+    slug = re.sub(r"[^a-z0-9]+", "_", agg.name.lower()).strip("_") or "agg"
+    return f"{card.table}-{slug}-{spec_hash[:8]}", spec_hash
+
+
+def clip_schema(dim: int, patch_dim: int | None) -> pa.Schema:
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string()),
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
+        pa.field("window_s", pa.float64()),  # null: the whole video
+        pa.field("stride_s", pa.float64()),
+        pa.field("n_frames", pa.int32()),
+        pa.field("frame_ids", pa.list_(pa.string())),
+        pa.field("cls", pa.list_(pa.float32(), dim)),
+    ]
+    if patch_dim is not None:
+        fields += [
+            pa.field("patches", pa.list_(pa.list_(pa.float16(), patch_dim))),
+            pa.field("grid_h", pa.int16()),
+            pa.field("grid_w", pa.int16()),
+        ]
+    fields += [pa.field("run_id", pa.string()), pa.field("created_at", _TS)]
+    return pa.schema(fields)
+
+
+def windows(ts: np.ndarray, window: float | None, stride: float | None) -> list[tuple[float, float, np.ndarray]]:
+    """(start_s, end_s, frame positions) per clip of one video's sorted timestamps.
+
+    Without ``window``: one clip from the first to the last frame. With it: windows
+    ``[start, start + window)`` from the first frame, every ``stride`` (default ``window``)
+    seconds, up to the last frame; windows holding no frame are left out.
+    """
+    if len(ts) == 0:
+        return []
+    if window is None:
+        return [(float(ts[0]), float(ts[-1]), np.arange(len(ts)))]
+    step = stride or window
+    out = []
+    k = 0
+    while True:
+        start = float(ts[0]) + k * step
+        if start > ts[-1]:
+            return out
+        pos = np.nonzero((ts >= start) & (ts < start + window))[0]
+        if len(pos):
+            out.append((start, start + window, pos))
+        k += 1
+
+
+def _frames(table: Any, video_ids: Sequence[str] | None, with_patches: bool) -> dict[str, dict[str, Any]]:
+    """Frame rows grouped by video: ids, timestamps, cls (T, D) and maybe patches, time-ordered."""
+    cols = ["id", "video_id", "timestamp_s", "cls"] + (["patches", "grid_h", "grid_w"] if with_patches else [])
+    filters: list[str]
+    if video_ids is None:
+        filters = ["video_id IS NOT NULL"]
+    else:
+        ids = list(dict.fromkeys(video_ids))
+        filters = [
+            "video_id IN (" + ", ".join("'" + v.replace("'", "''") + "'" for v in ids[i : i + _IN_CHUNK]) + ")"
+            for i in range(0, len(ids), _IN_CHUNK)
+        ]
+    parts: dict[str, list[pa.RecordBatch]] = {}
+    for flt in filters:
+        for rb in table.search().where(flt).select(cols).limit(None).to_batches(8192):
+            if rb.num_rows == 0:
+                continue
+            vids = rb.column("video_id").to_pylist()
+            for vid in dict.fromkeys(vids):
+                mask = pa.array([v == vid for v in vids])
+                parts.setdefault(vid, []).append(rb.filter(mask))
+    out = {}
+    for vid, batches in parts.items():
+        t = pa.Table.from_batches(batches).sort_by("timestamp_s")
+        cls_col = t.column("cls").combine_chunks()
+        d = cls_col.type.list_size
+        rec: dict[str, Any] = {
+            "ids": t.column("id").to_pylist(),
+            "ts": t.column("timestamp_s").to_numpy(),
+            "cls": cls_col.values.to_numpy(zero_copy_only=False).reshape(t.num_rows, d).astype(np.float32),
+        }
+        if with_patches:
+            rec["patches"] = np.stack([np.asarray(p, np.float32) for p in t.column("patches").to_pylist()])  # (T, N, P)
+            rec["grid"] = (t.column("grid_h")[0].as_py(), t.column("grid_w")[0].as_py())
+        out[vid] = rec
+    return out
+
+
+def aggregate_videos(
+    store: Store,
+    card: ModelCard,
+    agg: Aggregator,
+    *,
+    video_ids: Sequence[str] | None = None,
+    window: float | None = None,
+    stride: float | None = None,
+    run_id: str = "",
+) -> AggregateResult:
+    """Aggregate the stored frames of ``video_ids`` (None: every video in the table)."""
+    if window is not None and window <= 0 or stride is not None and stride <= 0:
+        raise ConfigError(f"--window and --stride must be positive seconds, got window={window}, stride={stride}")
+    if stride is not None and window is None:
+        raise ConfigError("--stride needs --window. Fix: e.g. --window 4 --stride 2.")
+    feat_table = store.open_table(card.table)
+    pdim_in = card.patch_dim or card.dim
+    patch_dim = agg.patch_dim(pdim_in) if card.dense else None
+    name, spec_hash = clip_table_name(card, agg)
+    dim = agg.cls_dim(card.dim)
+    table = store._open_or_create(name, clip_schema(dim, patch_dim))
+    _register(store, name, card, agg, spec_hash, dim, patch_dim is not None)
+    if video_ids is not None and not video_ids:
+        return AggregateResult(name, agg.name, agg.spec(), 0, 0, 0)
+    frames = _frames(feat_table, video_ids, patch_dim is not None)
+    rows: list[dict[str, Any]] = []
+    written = total = 0
+    now = datetime.now(timezone.utc)
+    for vid, rec in frames.items():
+        for start, end, pos in windows(rec["ts"], window, stride):
+            cls = np.asarray(agg.aggregate(rec["cls"][pos]), np.float32)
+            if cls.shape != (dim,):
+                raise ConfigError(f"aggregator {agg.name!r} returned shape {cls.shape}, expected ({dim},): a plugin bug")
+            row: dict[str, Any] = {
+                "id": content_id(f"{spec_hash}|{vid}|{start!r}|{end!r}|{window!r}|{stride!r}".encode()),
+                "video_id": vid,
+                "start_s": start,
+                "end_s": end,
+                "window_s": window,
+                "stride_s": (stride or window) if window is not None else None,
+                "n_frames": len(pos),
+                "frame_ids": [rec["ids"][i] for i in pos],
+                "cls": cls,
+                "run_id": run_id,
+                "created_at": now,
+            }
+            if patch_dim is not None:
+                p = np.asarray(agg.aggregate_patches(rec["patches"][pos]), np.float32)
+                row["patches"] = p.astype(np.float16)
+                row["grid_h"], row["grid_w"] = rec["grid"]
+            rows.append(row)
+        if len(rows) >= 512:
+            written += _write(table, rows)
+            total += len(rows)
+            rows = []
+    if rows:
+        written += _write(table, rows)
+        total += len(rows)
+    return AggregateResult(name, agg.name, agg.spec(), len(frames), written, total)
+
+
+def _write(table: Any, rows: list[dict[str, Any]]) -> int:
+    schema = table.schema
+    cols: dict[str, Any] = {}
+    for f in schema:
+        vals = [r.get(f.name) for r in rows]
+        if f.name == "cls":
+            cols[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(vals).astype(np.float32)), f.type.list_size)
+        elif f.name == "patches":
+            inner = pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate([v.reshape(-1) for v in vals]), pa.float16()), f.type.value_type.list_size
+            )
+            offsets = pa.array(np.concatenate([[0], np.cumsum([v.shape[0] for v in vals])]).astype(np.int32))
+            cols[f.name] = pa.ListArray.from_arrays(offsets, inner)
+        else:
+            cols[f.name] = pa.array(vals, f.type)
+    batch = pa.Table.from_pydict(cols, schema=schema)
+    before = table.count_rows()
+    table.merge_insert("id").when_not_matched_insert_all().execute(batch)
+    return table.count_rows() - before
+
+
+def _register(store: Store, name: str, card: ModelCard, agg: Aggregator, spec_hash: str, dim: int, dense: bool) -> None:
+    row = pa.Table.from_pylist(
+        [
+            {
+                "table": name,
+                "model_hash": card.model_hash,
+                "model_table": card.table,
+                "aggregator": agg.name,
+                "spec": canonical_json(agg.spec()),
+                "spec_hash": spec_hash,
+                "dim": dim,
+                "dense": dense,
+                "created_at": datetime.now(timezone.utc),
+            }
+        ],
+        schema=CATALOG_SCHEMA,
+    )
+    store._open_or_create(CLIPS_CATALOG, CATALOG_SCHEMA).merge_insert("table").when_not_matched_insert_all().execute(row)
+
+
+def clip_tables(store: Store) -> list[dict[str, Any]]:
+    """The ``clips`` catalog: one entry per clip table, with its row count."""
+    if CLIPS_CATALOG not in store.table_names():
+        return []
+    names = set(store.table_names())
+    out = []
+    for r in store.db.open_table(CLIPS_CATALOG).to_arrow().sort_by("created_at").to_pylist():
+        r["spec"] = json.loads(r["spec"])
+        r["rows"] = store.db.open_table(r["table"]).count_rows() if r["table"] in names else 0
+        out.append(r)
+    return out
+
+
+__all__ = ["AggregateResult", "aggregate_videos", "clip_tables", "load_aggregators", "parse_aggregator", "windows"]
