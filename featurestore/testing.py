@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,138 @@ def image_dir(tmp_path: Path) -> Path:
 def store_path(tmp_path: Path) -> Path:
     """Path for a fresh LanceDB store directory."""
     return tmp_path / "store.lance"
+
+
+# --- video --------------------------------------------------------------------------
+
+# A test frame is an 8 x 6 grid of cells: cell 0 (top left) is a red marker that shows
+# the orientation; cells 1-24 hold the frame number in binary (bright = 1, dark = 0) and
+# cells 25-47 the inverse of bits 0-22, so a garbled frame is recognised as such.
+_GRID = (8, 6)
+_BITS = 24
+_MARKER = (220, 30, 30)
+
+
+def video_frame_pattern(index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """RGB frame (h, w, 3) whose content encodes ``index`` (see :func:`read_frame_pattern`)."""
+    w, h = size
+    cw, ch = w // _GRID[0], h // _GRID[1]
+    out = np.full((h, w, 3), 24, np.uint8)
+    for cell in range(1, _GRID[0] * _GRID[1]):
+        bit = cell - 1 if cell <= _BITS else cell - 1 - _BITS
+        on = (index >> bit) & 1 if cell <= _BITS else 1 - ((index >> bit) & 1)
+        if on:
+            r, c = divmod(cell, _GRID[0])
+            out[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw] = 232
+    out[:ch, :cw] = _MARKER
+    return out
+
+
+def read_frame_pattern(image: object) -> int:
+    """The frame number drawn by :func:`video_frame_pattern` in an upright image.
+
+    Raises:
+        ValueError: The image does not hold a readable pattern (wrong orientation,
+            garbled by the codec, not a test frame).
+    """
+    a = np.asarray(image, dtype=np.float32)
+    h, w = a.shape[:2]
+    cw, ch = w // _GRID[0], h // _GRID[1]
+
+    def cell(k: int) -> np.ndarray:  # the mean colour of the middle of cell k
+        r, c = divmod(k, _GRID[0])
+        return a[r * ch + ch // 4 : (r + 1) * ch - ch // 4, c * cw + cw // 4 : (c + 1) * cw - cw // 4].mean((0, 1))
+
+    red = cell(0)
+    if not (red[0] > 150 and red[1] < 100 and red[2] < 100):
+        raise ValueError(f"no red marker in the top-left cell (mean colour {red.round()})")
+    bits = [int(cell(k).mean() > 128) for k in range(1, _GRID[0] * _GRID[1])]
+    if any(bits[i] == bits[_BITS + i] for i in range(len(bits) - _BITS)):
+        raise ValueError("frame pattern is garbled (a bit and its inverse agree)")
+    return sum(b << i for i, b in enumerate(bits[:_BITS]))
+
+
+def write_video(
+    path: Path,
+    *,
+    n_frames: int,
+    fps: int = 10,
+    size: tuple[int, int] = (64, 48),
+    codec: str = "libx264",
+    vfr_pts: list[int] | None = None,
+    time_base: Fraction | None = None,
+    rotation: int | None = None,
+    hflip: bool = False,
+    gop: int | None = None,
+    audio: bool = False,
+    faststart: bool = False,
+    container_options: dict[str, str] | None = None,
+) -> Path:
+    """Encode ``n_frames`` pattern frames (frame i shows ``video_frame_pattern(i)``).
+
+    Args:
+        path: Output file; the container follows the suffix (.mp4, .mkv, .avi …).
+        fps: Frame rate for constant-rate videos (pts = i in a 1/fps time base).
+        codec: ``"libx264"`` (with B-frames, near-lossless) or ``"mpeg4"``.
+        vfr_pts: Explicit presentation timestamps (variable frame rate), in ``time_base``.
+        time_base: Time base of ``vfr_pts`` (default 1/1000).
+        rotation: Display rotation in degrees counter-clockwise (PyAV's
+            ``set_display_rotation``), e.g. 90, -90, 180; ``hflip`` mirrors after it.
+        gop: Key frame every ``gop`` frames exactly (no scene-cut key frames).
+        audio: Add an AAC stream (silence) as long as the video.
+        faststart: MP4 only: put the index (moov) before the data.
+        container_options: More muxer options, e.g. ``{"live": "1"}`` for Matroska
+            without duration or cues.
+    """
+    import av
+
+    path = Path(path)
+    options = dict(container_options or {})
+    if faststart:
+        options["movflags"] = "+faststart"
+    tb = time_base or Fraction(1, 1000)
+    with av.open(str(path), "w", options=options) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        if vfr_pts is not None:
+            stream.codec_context.time_base = tb
+        if codec == "libx264":
+            params = "scenecut=0" + (f":keyint={gop}:min-keyint={gop}" if gop else "")
+            stream.codec_context.options = {"crf": "8", "x264-params": params}
+        else:
+            stream.codec_context.options = {"qscale": "2"}  # near-lossless: the pattern survives
+            if gop:
+                stream.codec_context.gop_size = gop
+        if rotation or hflip:
+            stream.set_display_rotation(rotation or 0, hflip=hflip)
+        sound = out.add_stream("aac", rate=16000) if audio else None
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(video_frame_pattern(i, size), format="rgb24")
+            if vfr_pts is not None:
+                frame.pts, frame.time_base = vfr_pts[i], tb
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+        if sound is not None:
+            seconds = (vfr_pts[-1] * tb + Fraction(1, fps)) if vfr_pts else Fraction(n_frames, fps)
+            _write_silence(av, out, sound, float(seconds))
+    return path
+
+
+def _write_silence(av: object, out: object, stream: object, seconds: float) -> None:
+    rate, chunk = stream.rate, 1024  # type: ignore[attr-defined]
+    for start in range(0, int(seconds * rate), chunk):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, chunk), np.float32), format="fltp", layout="mono")  # type: ignore[attr-defined]
+        frame.sample_rate, frame.pts = rate, start
+        out.mux(stream.encode(frame))  # type: ignore[attr-defined]
+    out.mux(stream.encode())  # type: ignore[attr-defined]
+
+
+def write_audio_only(path: Path, *, seconds: float = 1.0) -> Path:
+    """An audio-only file (AAC silence) in the container the suffix names, e.g. .mp4/.m4a."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        _write_silence(av, out, out.add_stream("aac", rate=16000), seconds)
+    return path
