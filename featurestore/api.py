@@ -127,7 +127,10 @@ class FeatureStore:
         return self.store.card(ref)
 
     def table(self, ref: str) -> Any:
-        """The LanceDB table of a model (see :meth:`card` for ``ref``)."""
+        """The LanceDB table of a model (see :meth:`card` for ``ref``), or any table by its exact name
+        (e.g. a clip table from :meth:`clips`)."""
+        if ref in self.store.table_names():
+            return self.store.open_table(ref)
         return self.store.open_table(self.card(ref).table)
 
     def aggregate(self, ref: str, aggregator: str, *, window: float | None = None, stride: float | None = None) -> Any:
