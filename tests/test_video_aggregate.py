@@ -121,3 +121,12 @@ def test_extract_with_aggregate_and_the_cli(extracted, tiny_dinov2, tmp_path, ca
     assert "nope" in capsys.readouterr().err
     assert main(["aggregate", "-s", str(out), "-m", summary["table"], "-a", "mean", "--stride", "1"]) == 2
     assert "--stride needs --window" in capsys.readouterr().err
+
+
+def test_aggregators_are_listed_from_the_plugin(capsys):
+    assert main(["aggregators", "--json"]) == 0
+    items = {a["name"]: a for a in json.loads(capsys.readouterr().out)}
+    assert {"mean", "max", "meanmax", "trimmed-mean", "motion"} <= set(items)
+    assert items["trimmed-mean"]["plugin"] == "featurestore-temporal"
+    assert main(["aggregators"]) == 0
+    assert "trimmed-mean" in capsys.readouterr().out
