@@ -16,17 +16,18 @@ if TYPE_CHECKING:
     from featurestore.hookspecs import RegisterFn
     from featurestore_temporal.aggregators import TemporalAggregator
 
-#: name -> what ``featurestore aggregators`` shows; D is the frame feature width
+#: name -> what ``featurestore aggregators`` shows; D is the frame feature width. No square
+#: brackets: the core prints these through rich, which would take "[mean, max]" for markup.
 SUMMARIES: dict[str, str] = {
-    "mean": "temporal mean of the frame features (D)",
+    "mean": "temporal mean (D)",
     "max": "element-wise temporal maximum (D)",
-    "meanmax": "[mean, max] concatenated (2D)",
-    "trimmed-mean": "per-element mean after cutting int(proportion*T) lowest and highest values, as scipy.stats.trim_mean (D)",
-    "motion": "[mean |x(t+1) - x(t)|, mean] concatenated: frame-to-frame change, then the mean (2D; zeros for one frame)",
+    "meanmax": "mean, then max, concatenated (2D)",
+    "trimmed-mean": "per-element mean without the int(proportion*T) lowest and highest values, as scipy.stats.trim_mean (D)",
+    "motion": "mean |x(t+1) - x(t)|, then the mean, concatenated (2D; the motion half is 0 for one frame)",
 }
 
 
-def create(name: str, **params: Any) -> "TemporalAggregator":
+def create(name: str, **params: Any) -> TemporalAggregator:
     """Factory the core calls as ``factory(name, **params)`` (``NAME:key=value`` parsed)."""
     from featurestore_temporal.aggregators import create_aggregator
 
@@ -34,7 +35,7 @@ def create(name: str, **params: Any) -> "TemporalAggregator":
 
 
 @hookimpl
-def register_aggregators(register: "RegisterFn") -> None:
+def register_aggregators(register: RegisterFn) -> None:
     """Register ``mean``, ``max``, ``meanmax``, ``trimmed-mean`` and ``motion``.
 
     Every one aggregates patch tokens too (per position over time), hence ``patches=True``;

@@ -15,8 +15,9 @@ from __future__ import annotations
 import difflib
 import json
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from featurestore.errors import ConfigError
 
@@ -171,4 +172,4 @@ def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-__all__ = ["NumberParam", "PARAMS", "check_params", "defaults", "parse_aggregator"]
+__all__ = ["PARAMS", "NumberParam", "check_params", "defaults", "parse_aggregator"]
