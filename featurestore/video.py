@@ -292,6 +292,8 @@ class _Reader:
         self.decoded = 0
         self.last_good: int | None = None  # pts of the latest good decoded frame
         self.data_end: Fraction | None = None  # end of the latest packet read, pts units
+        self._rotation: object = None  # display rotation the cached ops were made for
+        self._ops: list[int] = []
         self._open()
 
     def _open(self) -> None:
@@ -389,12 +391,24 @@ class _Reader:
             raise UnsupportedFormatError(
                 self.uri, f"frames in pixel format {frame.format.name} cannot be converted to RGB ({exc})"
             ) from exc
-        matrix = frame.side_data.get("DISPLAYMATRIX")
-        if matrix is not None:
-            for op in _display_transpose(bytes(matrix)):
-                image = image.transpose(op)
+        for op in self._orientation(frame):
+            image = image.transpose(op)
         self.yielded += 1
         return Frame(image, float(pts * self.tb), int(pts), self.tb, index)
+
+    def _orientation(self, frame: Any) -> list[int]:
+        """Transpose ops for the frame's display matrix, re-read only when its angle changes.
+
+        ``frame.side_data`` makes a reference cycle with the frame in PyAV 18, so reading
+        it for every frame keeps each decoded frame alive until a full garbage collection
+        (hundreds of MB on a long 720p video); ``frame.rotation`` does not.
+        """
+        rotation = getattr(frame, "rotation", 0)
+        if rotation != self._rotation:
+            matrix = frame.side_data.get("DISPLAYMATRIX")
+            self._ops = _display_transpose(bytes(matrix)) if matrix is not None else []
+            self._rotation = rotation
+        return self._ops
 
     def fault(self, what: str) -> VideoDecodeError:
         at = 0.0 if self.last_good is None else float(self.last_good * self.tb)

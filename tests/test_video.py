@@ -7,6 +7,7 @@ decode of the same file.
 
 from __future__ import annotations
 
+import gc
 import json
 import types
 from fractions import Fraction
@@ -198,6 +199,12 @@ def test_cfr_with_audio_stream_and_frame_fields(tmp_path: Path) -> None:
     assert f.timestamp_s == pytest.approx(0.5) and f.pts * f.time_base == Fraction(1, 2) and f.frame_index == 5
 
 
+def test_single_frame_video(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "one.mp4", n_frames=1)
+    for sample in ("uniform:8", "fps:30", "every:4", "keyframes"):
+        assert [n for _, n, _ in run(path, sample)] == [0], sample
+
+
 # --- variable frame rate ----------------------------------------------------------
 
 
@@ -273,6 +280,22 @@ def test_iter_frames_is_lazy(tmp_path: Path) -> None:
     gen.close()
     with pytest.raises(VideoDecodeError):
         list(iter_frames(path, parse_sample("every:1")))
+
+
+def test_frames_are_freed_without_the_cycle_collector(tmp_path: Path) -> None:
+    # A reference cycle per frame would keep every decoded frame alive until a full
+    # collection: hundreds of MB on a long 720p video.
+    path = write_video(tmp_path / "a.mp4", n_frames=60, rotation=90)
+    gc.collect()
+    gc.disable()
+    try:
+        n = sum(1 for _ in iter_frames(path, parse_sample("every:1")))
+        n += sum(1 for _ in iter_frames(path, parse_sample("fps:4")))
+        cyclic = gc.collect()
+    finally:
+        gc.enable()
+    assert n == 60 + 24
+    assert cyclic < 30  # a few objects per file, not per frame
 
 
 # --- rotation ------------------------------------------------------------------
