@@ -11,16 +11,24 @@ Aggregators are pure functions of the frame features: numpy in, numpy out, deter
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 
 class Aggregator(abc.ABC):
-    """Turns the features of T frames into one clip-level feature."""
+    """Turns the features of T frames into one clip-level feature.
+
+    The factory must set :attr:`name`. Bad parameters or inputs raise
+    :class:`featurestore.errors.ConfigError` (the CLI turns it into exit code 2). Register
+    with metadata ``summary``, ``params`` (the defaults) and ``patches`` (whether
+    :meth:`patch_dim` is not None); ``featurestore aggregators`` shows them.
+    """
 
     #: registered name, e.g. ``"mean"``
     name: str
+    #: hashed into the clip table's key: bump it when the arithmetic changes
+    version: ClassVar[int] = 1
 
     @abc.abstractmethod
     def params(self) -> dict[str, Any]:
@@ -29,7 +37,7 @@ class Aggregator(abc.ABC):
     def spec(self) -> dict[str, Any]:
         """What is hashed into the clip table's key: name, parameters, and a version the
         plugin bumps when its arithmetic changes."""
-        return {"name": self.name, "params": self.params(), "version": getattr(self, "version", 1)}
+        return {"name": self.name, "params": self.params(), "version": self.version}
 
     @abc.abstractmethod
     def cls_dim(self, dim: int) -> int:

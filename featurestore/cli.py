@@ -25,13 +25,14 @@ def _console():
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=title)
     for c in columns:
         t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+    for r in rows:  # cells are data (paths, plugin metadata), never rich markup
+        t.add_row(*("" if v is None else escape(str(v)) for v in r))
     _console().print(t)
 
 

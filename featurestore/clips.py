@@ -62,19 +62,37 @@ class AggregateResult:
 
 
 def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
-    """``NAME`` or ``NAME:key=value[,key=value]`` (values as JSON literals when they parse)."""
+    """Parse ``NAME`` or ``NAME:key=value[,key=value]``.
+
+    Values are JSON literals when they parse as one (``0.2`` → float, ``true`` → bool) and
+    stripped strings otherwise. Whether a parameter exists and its value is acceptable is
+    for the aggregator's factory to say; this only splits the text.
+
+    Raises:
+        ConfigError: no name, a parameter that is not ``key=value``, an empty key or value,
+            or the same key twice (keeping the last would hash a spec nobody wrote).
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"aggregator {text!r} is a {type(text).__name__}, not text. Fix: e.g. 'trimmed-mean:proportion=0.2'.")
     name, _, rest = text.strip().partition(":")
+    name = name.strip()
     if not name:
         raise ConfigError(f"aggregator {text!r} has no name. Fix: e.g. mean, meanmax or trimmed-mean:proportion=0.2.")
     params: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"aggregator {text!r}: parameter {part!r} is not key=value. Fix: e.g. trimmed-mean:proportion=0.2.")
+    for part in (p.strip() for p in rest.split(",")):
+        if not part:  # "mean:" or a trailing comma: nothing to parse
+            continue
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or not key:
+            raise ConfigError(f"aggregator {text!r}: parameter {part!r} is not key=value. Fix: e.g. {name}:proportion=0.2.")
+        if not value:
+            raise ConfigError(f"aggregator {text!r}: parameter {key!r} has no value after '='. Fix: e.g. {name}:{key}=0.2.")
+        if key in params:
+            raise ConfigError(f"aggregator {text!r} gives {key!r} twice. Fix: keep one {key}=… .")
         try:
-            params[key.strip()] = json.loads(value)
+            params[key] = json.loads(value)
         except ValueError:
-            params[key.strip()] = value.strip()
+            params[key] = value
     return name, params
 
 
@@ -235,6 +253,11 @@ def aggregate_videos(
             }
             if patch_dim is not None:
                 p = np.asarray(agg.aggregate_patches(rec["patches"][pos]), np.float32)
+                if p.shape != (rec["patches"].shape[1], patch_dim):
+                    raise ConfigError(
+                        f"aggregator {agg.name!r} returned patches of shape {p.shape}, expected "
+                        f"({rec['patches'].shape[1]}, {patch_dim}): a plugin bug"
+                    )
                 row["patches"] = p.astype(np.float16)
                 row["grid_h"], row["grid_w"] = rec["grid"]
             rows.append(row)

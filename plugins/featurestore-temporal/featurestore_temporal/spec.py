@@ -13,7 +13,6 @@ name one clip table, while ``0.1`` and ``0.2`` name two.
 from __future__ import annotations
 
 import difflib
-import json
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,47 +128,11 @@ def check_params(aggregator: str, given: Mapping[str, Any], declared: Mapping[st
 
 
 def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
-    """Parse the CLI syntax ``NAME`` or ``NAME:key=value[,key=value]``.
+    """``NAME[:key=value,…]`` → ``(name, params)``: the core's parser
+    (:func:`featurestore.clips.parse_aggregator`), imported lazily so this module stays light."""
+    from featurestore.clips import parse_aggregator as core_parse
 
-    Values are JSON literals when they parse as one (``0.2`` → float, ``3`` → int,
-    ``true`` → bool, ``"a"`` → str) and stripped strings otherwise, so
-    ``trimmed-mean:proportion=0.2`` gives ``("trimmed-mean", {"proportion": 0.2})``.
-    Whether a parameter exists and its value is acceptable is for the aggregator's
-    factory to say; this only splits the text.
-
-    Args:
-        text: one aggregator, e.g. ``"mean"`` or ``"trimmed-mean:proportion=0.2"``.
-
-    Returns:
-        ``(name, params)``.
-
-    Raises:
-        ConfigError: no name, a parameter that is not ``key=value``, an empty key or
-            value, or the same key twice.
-    """
-    if not isinstance(text, str):
-        raise ConfigError(f"aggregator {text!r} is a {type(text).__name__}, not text. Fix: e.g. 'trimmed-mean:proportion=0.2'.")
-    name, _, rest = text.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise ConfigError(f"aggregator {text!r} has no name. Fix: e.g. mean, meanmax or trimmed-mean:proportion=0.2.")
-    params: dict[str, Any] = {}
-    for part in (p.strip() for p in rest.split(",")):
-        if not part:  # "mean:" or a trailing comma: nothing to parse
-            continue
-        key, eq, value = (s.strip() for s in part.partition("="))
-        if not eq or not key:
-            raise ConfigError(f"aggregator {text!r}: parameter {part!r} is not key=value. Fix: e.g. {name}:proportion=0.2.")
-        if not value:
-            raise ConfigError(f"aggregator {text!r}: parameter {key!r} has no value after '='. Fix: e.g. {name}:{key}=0.2.")
-        if key in params:
-            # silently keeping the last would hash a spec the user did not mean to write
-            raise ConfigError(f"aggregator {text!r} gives {key!r} twice. Fix: keep one {key}=… .")
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
-    return name, params
+    return core_parse(text)
 
 
 __all__ = ["PARAMS", "NumberParam", "check_params", "defaults", "parse_aggregator"]
