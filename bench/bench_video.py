@@ -12,7 +12,9 @@ with PyAV and cached:
                           a loop that never seeks can do.
   (b) iter_frames(uniform:8)   (c) iter_frames(fps:1)   (d) iter_frames(every:1)
 
-Each timing is the best of ``--repeat`` runs; ratios are (a) / (x). ``foreign_cpu_s`` is
+Each timing is the best of ``--repeat`` runs in a fresh child process, once with glibc's
+malloc defaults and once with fixed mmap/trim thresholds (see ALLOCATORS); ratios are
+(a) / (x). ``foreign_cpu_s`` is
 the CPU time other processes used during each run: timings are only comparable when it
 is near 0 (the machine may be shared). The frames (c) returns
 are checked pixel-identical to the naive loop's frames at the same timestamps.
@@ -198,10 +200,34 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "av": av.__version__,
-        "ffmpeg": ".".join(map(str, av.ffmpeg_version_info)) if hasattr(av, "ffmpeg_version_info") else None,
+        "ffmpeg": str(getattr(av, "ffmpeg_version_info", "")),
         "pillow": PIL.__version__,
         "numpy": np.__version__,
     }
+
+
+# glibc returns freed buffers above its mmap threshold to the kernel, so converting
+# 720p frames (2.7 MB each) can cost a page fault per 4 KiB on every frame, or not,
+# depending on the heap's history: the same loop took 4 s or 8 s here. Timings run in
+# fresh child processes, once with glibc's defaults and once with fixed thresholds.
+ALLOCATORS = {
+    "glibc_default": {},
+    "glibc_fixed_thresholds": {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)},
+}
+
+
+def timings(clip: Path, repeat: int) -> dict[str, Any]:
+    """Phase run in a child process: every loop on the clip, best of ``repeat``."""
+    from featurestore.video import iter_frames, parse_sample
+
+    want = {f.pts: hashlib.sha256(f.image.tobytes()).hexdigest() for f in iter_frames(clip, parse_sample("fps:1"))}
+    t: dict[str, Any] = {}
+    t["a_naive"] = best(lambda: naive(clip), repeat, "(a) naive")
+    t["a_naive_threads_auto"] = best(lambda: naive(clip, "AUTO"), repeat, "(a') naive, AUTO threads")
+    t["a2_naive_convert_selected"] = best(lambda: naive_selected(clip, want), repeat, "(a2) naive, convert selected")
+    for key, sample in [("b_uniform8", "uniform:8"), ("c_fps1", "fps:1"), ("d_every1", "every:1")]:
+        t[key] = best(lambda s=sample: sampled(clip, s), repeat, f"iter_frames({sample})")
+    return t
 
 
 def main() -> None:
@@ -211,7 +237,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--long-minutes", type=int, default=10)
     ap.add_argument("--long-size", default="1280x720", help="WxH of the long video (memory test)")
+    ap.add_argument("--timings-of", type=Path, help=argparse.SUPPRESS)  # the child phase
     args = ap.parse_args()
+    if args.timings_of:
+        print(json.dumps(timings(args.timings_of, args.repeat)))
+        return
     args.cache.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"machine": machine_info(), "load_average": {"start": os.getloadavg()}}
 
@@ -223,18 +253,15 @@ def main() -> None:
     log(f"writing / reusing the {args.long_minutes}-minute video")
     res["long"] = make_video(long, seconds=60 * args.long_minutes, size=(w, h), noise=False)
 
-    from featurestore.video import iter_frames, parse_sample
-
-    want = {f.pts: hashlib.sha256(f.image.tobytes()).hexdigest() for f in iter_frames(clip, parse_sample("fps:1"))}
-    t = res["timings"] = {}
-    t["a_naive"] = best(lambda: naive(clip), args.repeat, "(a) naive")
-    t["a_naive_threads_auto"] = best(lambda: naive(clip, "AUTO"), args.repeat, "(a') naive, AUTO threads")
-    t["a2_naive_convert_selected"] = best(lambda: naive_selected(clip, want), args.repeat, "(a2) naive, convert selected")
-    for key, sample in [("b_uniform8", "uniform:8"), ("c_fps1", "fps:1"), ("d_every1", "every:1")]:
-        t[key] = best(lambda s=sample: sampled(clip, s), args.repeat, f"iter_frames({sample})")
+    res["timings"], res["ratios_naive_over"] = {}, {}
+    for name, env in ALLOCATORS.items():
+        log(f"timings, allocator: {name}")
+        cmd = [sys.executable, __file__, "--timings-of", str(clip), "--repeat", str(args.repeat)]
+        out = subprocess.run(cmd, env={**os.environ, **env}, check=True, stdout=subprocess.PIPE).stdout
+        t = res["timings"][name] = json.loads(out)
+        res["ratios_naive_over"][name] = {k: round(t["a_naive"]["seconds"] / v["seconds"], 1) for k, v in t.items()}
+    res["allocator_env"] = ALLOCATORS
     res["load_average"]["after_timings"] = os.getloadavg()
-    base = t["a_naive"]["seconds"]
-    res["ratios_naive_over"] = {k: round(base / v["seconds"], 1) for k, v in t.items()}
 
     log("peak RSS")
     res["rss"] = {
@@ -248,10 +275,12 @@ def main() -> None:
 
     print(f"60 s 1280x720 30 fps clip: {res['clip']['frames']} frames, {res['clip']['keyframes']} key frames, "
           f"{res['clip']['mbit_per_s']} Mbit/s")
-    print(f"| loop | frames out | best of {args.repeat} (s) | naive / this |")
-    print("|---|---:|---:|---:|")
-    for k, v in t.items():
-        print(f"| {k} | {v['frames']} | {v['seconds']:.2f} | {res['ratios_naive_over'][k]}x |")
+    names = list(ALLOCATORS)
+    print("| loop | frames out | " + " | ".join(f"{n}: best of {args.repeat} (s), naive / this" for n in names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for k, v in res["timings"][names[0]].items():
+        cells = [f"{res['timings'][n][k]['seconds']:.2f} s, {res['ratios_naive_over'][n][k]}x" for n in names]
+        print(f"| {k} | {v['frames']} | " + " | ".join(cells) + " |")
     for k, v in res["rss"].items():
         print(f"peak RSS {k}: {v['peak_mib']} MiB ({v['frames']} frames, {v['wall_s']} s)")
     print(f"wrote {args.out}")
