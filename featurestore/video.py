@@ -49,6 +49,10 @@ that are certain). Containers whose duration is itself measured from the file (M
 MPEG-PS, AVI without index) cannot show truncation this way, and a Matroska demuxer that
 resynchronises past damaged bytes drops frames silently.
 
+Rotation: the frame's display matrix (FFmpeg puts the container's, e.g. MP4 ``tkhd``, on
+every decoded frame) is applied as ffmpeg/ffplay autorotate does: right angles and flips;
+other angles are ignored. It is re-read when ``frame.rotation`` changes, not per frame.
+
 Threads: inside a torch DataLoader worker the decoder and the RGB conversion use one
 thread (parallelism comes from the workers); elsewhere at most four. Threads do not
 change pixels.
