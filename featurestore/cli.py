@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--json", action="store_true")
     er.set_defaults(func=cmd_errors)
 
+    _add_optional_commands(sub)
+
     pl = sub.add_parser("plugins", help="list plugins, what they register, and load errors")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
@@ -325,6 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--markdown", action="store_true", help="print the Markdown table the README shows")
     bb.set_defaults(func=cmd_backbones)
     return p
+
+
+# Commands that live in their own modules: each exposes ``add_commands(subparsers)``.
+_COMMAND_MODULES = ("featurestore.cli_readers", "featurestore.cli_search", "featurestore.cli_analysis")
+
+
+def _add_optional_commands(sub: Any) -> None:
+    import importlib
+
+    for mod in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:  # the module exists but one of its imports is missing: a real error
+                raise
+            continue
+        module.add_commands(sub)
 
 
 def _version() -> str:
