@@ -177,16 +177,22 @@ def load_labels(source: str | Path | pa.Table, key: str) -> pa.Table:
 # -- arrow → numpy ---------------------------------------------------------------------
 
 
+def _one_chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if not isinstance(col, pa.ChunkedArray):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()  # combining copies
+
+
 def _fsl_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """(n, D) from a ``fixed_size_list`` column (zero-copy where Arrow allows)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    arr = _one_chunk(col)
     width = arr.type.list_size
     return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), width)
 
 
 def _patches_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray | list[np.ndarray]:
     """(n, N, P) float16 from ``list<fixed_size_list<f16, P>>``; a list when N varies by row."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    arr = _one_chunk(col)
     if arr.null_count:
         raise StoreError("some rows have no patch tokens (null `patches`); the table is inconsistent.")
     width = arr.type.value_type.list_size
@@ -207,6 +213,35 @@ def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(a)
     return t.to(dtype, copy=True)
+
+
+def _column_tensor(col: pa.ChunkedArray, dtype: torch.dtype, part: slice | None) -> torch.Tensor | list[torch.Tensor]:
+    """``cls`` (n, D) or ``patches`` (n, N, P) as one tensor of ``dtype``, converted chunk by
+    chunk straight into place (no intermediate copy); a list of (N_i, P) when N varies."""
+    patches = pa.types.is_list(col.type)
+    width = col.type.value_type.list_size if patches else col.type.list_size
+    chunks = [c for c in col.chunks if len(c)]
+    counts = np.concatenate([c.value_lengths().to_numpy() for c in chunks]) if patches and chunks else None
+    if counts is not None and not (counts == counts[0]).all():
+        return [_tensor(x, dtype) for x in _patches_numpy(col)]
+    tail = (int(counts[0]), width) if counts is not None else (width,)
+    out = torch.empty((len(col), *tail), dtype=dtype)
+    start = 0
+    for c in chunks:
+        flat = c.flatten().flatten() if patches else c.flatten()  # flatten honours slice offsets
+        vals = flat.to_numpy(zero_copy_only=False).reshape(len(c), *tail)
+        with warnings.catch_warnings():  # read-only Arrow memory, only ever read by copy_
+            warnings.simplefilter("ignore", UserWarning)
+            out[start : start + len(c)].copy_(torch.from_numpy(vals))
+        start += len(c)
+    return out[..., part] if part is not None else out
+
+
+def _as_slice(pos: np.ndarray) -> slice | np.ndarray:
+    """``pos`` as a slice when it is a run of consecutive positions (a copy, not a scatter)."""
+    if len(pos) and pos[-1] - pos[0] == len(pos) - 1 and (np.diff(pos) == 1).all():
+        return slice(int(pos[0]), int(pos[-1]) + 1)
+    return pos
 
 
 def _slice_fsl(arr: pa.ChunkedArray, part: slice) -> pa.Array:
@@ -470,20 +505,21 @@ class FeatureDataset(Dataset):
         if len(pos) and (pos.min() < -n or pos.max() >= n):
             raise IndexError(f"index out of range for a dataset of {n} rows")
         pos = np.where(pos < 0, pos + n, pos)
-        got, perm = self._take(pos, self._physical(self.columns))
+        got, inv = self._take(pos, self._physical(self.columns))
+        rows = inv if inv is not None else range(len(pos))  # item j is row rows[j] of `got`
         items: list[dict[str, Any]] = [{"id": self.ids[p]} for p in pos]
         for c in self.columns:
-            v = self._values(got, perm, c)
-            if c == "cls" or (c == "patches" and not isinstance(v, list)):
-                v = _tensor(v, self.dtype)  # (B, D) or (B, N, P): one conversion per batch
-            elif c == "patches":
-                v = [_tensor(x, self.dtype) for x in v]
-            for j, item in enumerate(items):
-                item[c] = v[j]
+            if c in ("cls", "patches"):
+                # one conversion per batch; items are views of it (the collate copies anyway)
+                v: Any = _column_tensor(got.column(c), self.dtype, self._slices.get(c))
+            else:
+                v = got.column(c).to_pylist()
+            for item, r in zip(items, rows):
+                item[c] = v[r]
             if c == "patches":
-                gh, gw = self._values(got, perm, "grid_h"), self._values(got, perm, "grid_w")
-                for j, item in enumerate(items):
-                    item["grid"] = torch.tensor([int(gh[j]), int(gw[j])])
+                grid = torch.from_numpy(np.stack([got.column("grid_h").to_numpy(), got.column("grid_w").to_numpy()], 1).astype(np.int64))
+                for item, r in zip(items, rows):
+                    item["grid"] = grid[r]
         for c in self.label_names:
             col = self._labels[c]
             for item, p in zip(items, pos):
@@ -546,23 +582,50 @@ class FeatureDataset(Dataset):
         """All rows as one Arrow table (``id``, the columns, then label columns)."""
         return pa.concat_tables(list(self.iter_arrow(columns)))
 
+    def _bulk(self, cols: list[str]) -> Iterator[tuple[np.ndarray, pa.Table, np.ndarray | None]]:
+        """``(positions, rows, perm)`` covering every row once, about 64 MiB at a time.
+
+        When each row appears once, one streaming scan (with ``where``) reads the pinned
+        version sequentially and rows land by row id wherever the scan puts them; ``ids=``
+        with repeats, or no rows at all, read by take in dataset order instead.
+        """
+        physical, step, n = self._physical(cols), self._chunk_rows(cols), len(self)
+        order = np.argsort(self._rowids, kind="stable")
+        by_rowid = self._rowids[order]
+        if n and not (by_rowid[1:] == by_rowid[:-1]).any():
+            q = self._handle().search().select(physical).with_row_id(True).limit(None)
+            for batch in (q.where(self.where) if self.where else q).to_batches(step):
+                rid = batch.column("_rowid").to_numpy()
+                k = np.minimum(np.searchsorted(by_rowid, rid), n - 1)
+                hit = by_rowid[k] == rid  # rows the dataset leaves out (labels dropped, not in ids=)
+                rows = pa.Table.from_batches([batch])
+                yield order[k[hit]], rows if hit.all() else rows.filter(pa.array(hit)), None
+            return
+        for start in range(0, n, step) or [0]:  # an empty dataset: one empty read for the shapes
+            pos = np.arange(start, min(start + step, n))
+            got, perm = self._take(pos, physical)
+            yield pos, got, perm
+
     def to_numpy(self, columns: Sequence[str] | str | None = None) -> dict[str, Any]:
         """``{"id": (n,) str, "cls": (n, D) float32, "patches": (n, N, P) float16, …}`` in
         dataset order; patches stay float16 (half the memory), labels are arrays or lists."""
         cols, labels = self._split(columns)
         out: dict[str, Any] = {"id": np.array(self.ids, dtype=object)}
-        parts: dict[str, list[Any]] = {c: [] for c in cols}
-        step = self._chunk_rows(cols)
-        for start in range(0, len(self), step) or [0]:
-            got, perm = self._take(np.arange(start, min(start + step, len(self))), self._physical(cols))
+        filled = 0
+        for pos, got, perm in self._bulk(cols):
             for c in cols:
-                parts[c].append(self._values(got, perm, c))
-        for c in cols:
-            vals = parts[c]
-            if c in ("cls", "patches") and all(isinstance(v, np.ndarray) for v in vals):
-                out[c] = np.concatenate(vals)
-            else:
-                out[c] = [x for v in vals for x in v]
+                v = self._values(got, perm, c)
+                if c not in out:
+                    out[c] = np.empty((len(self), *v.shape[1:]), v.dtype) if isinstance(v, np.ndarray) else [None] * len(self)
+                if isinstance(out[c], np.ndarray) and isinstance(v, np.ndarray):
+                    out[c][_as_slice(pos)] = v
+                else:  # variable token counts (or a plain column): a list
+                    out[c] = list(out[c])
+                    for p, x in zip(pos, v):
+                        out[c][p] = x
+            filled += len(pos)
+        if filled != len(self):
+            raise StoreError(f"read {filled} of {len(self)} rows of {self.table_name} v{self.version}; the table changed under a pinned version.")
         for c in labels:
             out[c] = np.asarray(self._labels[c])
         return out
@@ -614,16 +677,14 @@ class FeatureDataset(Dataset):
         stem = path.with_suffix("") if path.suffix == ".npy" else path
         targets = {"cls": stem.with_suffix(".npy"), "patches": Path(f"{stem}.patches.npy")}
         arrays: dict[str, np.ndarray] = {}
-        step = self._chunk_rows(cols)
-        for start in range(0, len(self), step) or [0]:  # one empty read gives an empty file
-            got, perm = self._take(np.arange(start, min(start + step, len(self))), self._physical(cols))
+        for pos, got, perm in self._bulk(cols):
             for c in cols:
                 v = self._values(got, perm, c)
                 if isinstance(v, list):
                     raise ConfigError(f"rows of {self.table_name} have different numbers of patch tokens: no (n, N, P) array. Fix: --format parquet.")
                 if c not in arrays:
                     arrays[c] = np.lib.format.open_memmap(targets[c], mode="w+", dtype=v.dtype, shape=(len(self), *v.shape[1:]))
-                arrays[c][start : start + len(v)] = v
+                arrays[c][_as_slice(pos)] = v
         for a in arrays.values():
             a.flush()
         ids_path = Path(f"{stem}.ids.txt")
