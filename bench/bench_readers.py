@@ -38,9 +38,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,7 +190,7 @@ def main() -> None:
     p.add_argument("--dir", default="/tmp/fs_bench_readers", help="where the store and .npy files go (reused)")
     p.add_argument("--rows", type=int, default=4096)
     p.add_argument("--cls-rows", type=int, default=262144)
-    p.add_argument("--batches", type=int, default=32, help="timed batches of 64 per run")
+    p.add_argument("--batches", type=int, default=64, help="timed batches of 64 per run (64: one epoch of 4096)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", default="bench/out/readers.json")
     args = p.parse_args()
@@ -251,12 +252,12 @@ def main() -> None:
         cds = FeatureDataset(store, h, columns=["cls"])
         opened = time.perf_counter() - t0
         gb = n * DIM * 4 / 1e9
-        fs = timed(lambda: cds.to_numpy(["cls"]), args.repeat)
+        fs = timed(lambda d=cds: d.to_numpy(["cls"]), args.repeat)
         entry = {"rows": n, "gb": gb, "open_s": opened, "featurestore": fs, "featurestore_gb_s": gb / fs["best"]["seconds"]}
         if npy is not None:
             want = np.load(npy)
             np.testing.assert_array_equal(cds.to_numpy(["cls"])["cls"], want)
-            base = timed(lambda: np.load(npy), args.repeat)
+            base = timed(lambda f=npy: np.load(f), args.repeat)
             entry |= {"np_load": base, "np_load_gb_s": gb / base["best"]["seconds"]}
         res["cls_scan"][label] = entry
         log(f"cls scan {label}: {entry['featurestore_gb_s']:.2f} GB/s (open {opened:.2f} s)" + (f", np.load {entry['np_load_gb_s']:.2f} GB/s" if npy else ""))

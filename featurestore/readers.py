@@ -302,8 +302,7 @@ class FeatureDataset(Dataset):
         self.table_name = self.card.table
         table = st.open_table(self.table_name)
         self.version, self.tag = resolve_version(table, version)
-        if self.version != table.version:
-            table.checkout(self.version)
+        table.checkout(self.version)  # time-travel mode: this handle never moves past it
         self.schema: pa.Schema = table.schema
         self.columns = self._check_columns(columns)
         self.dtype = dtype
@@ -557,6 +556,8 @@ class FeatureDataset(Dataset):
             columns = [c.strip() for c in columns.split(",") if c.strip()]
         labels = [c for c in columns if c in self.label_names]
         table_cols = self._check_columns([c for c in columns if c not in self.label_names])
+        if self.layer is not None and "patches" in table_cols and "patches" not in self._slices:
+            raise ConfigError(f"the patch tokens of {self.table_name} are not split by block. Fix: leave out layer for patches.")
         return table_cols, labels
 
     def iter_arrow(self, columns: Sequence[str] | str | None = None, chunk_rows: int | None = None) -> Iterator[pa.Table]:
