@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 from featurestore.hookspecs import hookimpl  # noqa: E402
 
-__all__ = ["__version__", "hookimpl", "FeatureStore", "create_backbone", "list_backbones", "errors"]
+__all__ = ["__version__", "hookimpl", "FeatureStore", "FeatureDataset", "create_backbone", "list_backbones", "errors"]
 
 
 def __getattr__(name: str):  # heavy imports (torch, lancedb) only when used
@@ -14,6 +14,10 @@ def __getattr__(name: str):  # heavy imports (torch, lancedb) only when used
         from featurestore import api
 
         return getattr(api, name)
+    if name == "FeatureDataset":
+        from featurestore.readers import FeatureDataset
+
+        return FeatureDataset
     if name == "errors":
         import importlib
 
