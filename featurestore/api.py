@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+import numpy as np
 
 from featurestore.backbone import Backbone
 from featurestore.config import ExtractConfig, ExtractSummary, ModelCard
@@ -13,6 +15,9 @@ from featurestore.layers import parse_layers
 from featurestore.plugins import get_host
 from featurestore.sources import expand_sources
 from featurestore.store import Store
+
+if TYPE_CHECKING:
+    from featurestore.search import SearchResult
 
 
 def create_backbone(name: str, weights: str | None = None) -> Backbone:
@@ -213,3 +218,158 @@ class FeatureStore:
         card, backbone = self.text_backbone(ref, weights=weights, device=device)
         emb = label_embeddings(backbone, names, temps)
         return classify(self.store.open_table(card.table), emb, names, backbone.zero_shot_head())
+
+    # -- nearest neighbours: by image, id or vector; patch-level MaxSim; ANN index ---------
+    def search_vector(
+        self,
+        ref: str,
+        vector: Any,
+        *,
+        k: int = 10,
+        exact: bool = False,
+        nprobes: int | None = None,
+        refine_factor: int | None = None,
+        ef: int | None = None,
+        query: dict[str, Any] | None = None,
+    ) -> "SearchResult":
+        """Stored rows of model ``ref`` nearest to ``vector`` (D,) by cosine similarity of ``cls``.
+
+        Args:
+            ref: the model (table name, hash prefix or backbone name).
+            vector: query of the table's width ``card.dim``.
+            k: how many hits.
+            exact: compare every row even when the table has an ANN index.
+            nprobes: IVF partitions searched (index only; default 20).
+            refine_factor: re-rank ``k * refine_factor`` index candidates with the stored vectors
+                (index only; default per index kind, see :data:`featurestore.search.DEFAULT_REFINE`).
+            ef: HNSW candidate list size (HNSW kinds only; LanceDB's default 1.5 k).
+            query: what the query was, echoed in the result.
+
+        Returns:
+            :class:`featurestore.search.SearchResult`: ``hits`` ``{rank, score, uri, id}`` best
+            first (``score`` is the cosine similarity), ``method`` ``"ann"`` or ``"exact"``.
+        """
+        from featurestore.search import as_query_vector, knn
+
+        card = self.card(ref)
+        q = as_query_vector(vector, card.dim, "the query vector")
+        table = self.store.open_table(card.table)
+        info = query if query is not None else {"kind": "vector"}
+        return knn(table, q, k, query_info=info, exact=exact, nprobes=nprobes, refine_factor=refine_factor, ef=ef)
+
+    def search_id(self, ref: str, row_id: str, **kw: Any) -> "SearchResult":
+        """Rows nearest to the stored ``cls`` of row ``row_id`` (a full id or a unique prefix of >= 6 hex).
+
+        The row itself is among the hits (score 1). Keywords as :meth:`search_vector`.
+        """
+        from featurestore.search import stored_row
+
+        card = self.card(ref)
+        row = stored_row(self.store.open_table(card.table), row_id, ["cls"])
+        return self.search_vector(ref, np.asarray(row["cls"], np.float32), query={"kind": "id", "id": row["id"], "uri": row["uri"]}, **kw)
+
+    def image_backbone(self, ref: str, *, weights: str | None = None, device: str = "cpu") -> tuple[ModelCard, Backbone]:
+        """The card of ``ref`` and its backbone loaded again, checked to reproduce the stored features."""
+        from featurestore.search import verify_image_backbone
+
+        card = self.card(ref)
+        backbone = self.backbone(card.backbone, weights if weights is not None else card.weights_arg)
+        verify_image_backbone(backbone, card)
+        backbone.to(resolve_device(device))
+        return card, backbone
+
+    def search_image(
+        self, ref: str, path: str | Path, *, weights: str | None = None, device: str = "cpu", **kw: Any
+    ) -> "SearchResult":
+        """Rows nearest to the image at ``path``, encoded by the model of ``ref`` loaded again.
+
+        The model's weight digest, preprocessing and output spec must match the card. If the
+        image is stored, its own row is among the hits (score ~1). Keywords as :meth:`search_vector`.
+        """
+        from featurestore.search import encode_image
+
+        card, backbone = self.image_backbone(ref, weights=weights, device=device)
+        enc = encode_image(backbone, card, str(path), resolve_device(device), dense=False)
+        return self.search_vector(ref, enc["cls"], query={"kind": "image", "path": str(path)}, **kw)
+
+    def search_patches(
+        self,
+        ref: str,
+        *,
+        image: str | Path | None = None,
+        row_id: str | None = None,
+        region: str | Sequence[float] | None = None,
+        k: int = 10,
+        exact: bool = False,
+        weights: str | None = None,
+        device: str = "cpu",
+    ) -> "SearchResult":
+        """Rows whose patch tokens best match the query's (MaxSim), for a dense table.
+
+        Args:
+            image: query image (encoded by the model loaded again), or
+            row_id: a stored row whose patch tokens are the query.
+            region: ``"x0,y0,x1,y1"`` in the query image's original pixels: only the tokens
+                whose cells' centres lie inside are used.
+            exact: bypass a vector index on ``patches`` if one exists.
+
+        Returns:
+            :class:`featurestore.search.SearchResult`; ``score`` is the mean over query tokens
+            of the best cosine among a stored image's tokens.
+        """
+        from featurestore.search import encode_image, maxsim, parse_region, region_tokens, stored_row
+
+        if (image is None) == (row_id is None):
+            raise ConfigError("patch search needs exactly one query: an image or a stored row id.")
+        card = self.card(ref)
+        table = self.store.open_table(card.table)
+        if not card.dense or "patches" not in table.schema.names:
+            raise ConfigError(
+                f"table {card.table} holds no patch tokens (extracted without --dense). Fix: extract again "
+                f"with --dense, or search by cls without --patches."
+            )
+        if image is not None:
+            card, backbone = self.image_backbone(ref, weights=weights, device=device)
+            enc = encode_image(backbone, card, str(image), resolve_device(device), dense=True)
+            tokens, grid, crop, query = enc["patches"], enc["grid"], enc["crop_box"], {"kind": "image", "path": str(image)}
+        else:
+            row = stored_row(table, row_id, ["patches", "grid_h", "grid_w", "crop_box"])
+            tokens = np.asarray(row["patches"], np.float32)  # (N, P)
+            grid, crop, query = (row["grid_h"], row["grid_w"]), row["crop_box"], {"kind": "id", "id": row["id"], "uri": row["uri"]}
+        query["grid"] = list(grid)
+        if region is not None:
+            box = parse_region(region)
+            sel = region_tokens(box, crop, grid, card.token_layout)
+            tokens = tokens[sel]
+            query.update(region=list(box), token_indices=sel.tolist())
+        query["tokens"] = int(tokens.shape[0])
+        return maxsim(table, tokens, k, query_info=query, exact=exact)
+
+    def index(self, ref: str, *, kind: str = "ivf_pq", partitions: int | None = None, sub_vectors: int | None = None) -> dict[str, Any]:
+        """Build (or replace) the cosine ANN index on ``cls`` of model ``ref``; later searches use it.
+
+        Args:
+            kind: ``ivf_pq`` (default), ``ivf_sq``, ``ivf_flat``, ``ivf_rq``, ``ivf_hnsw_sq``, ``ivf_hnsw_pq``.
+            partitions: IVF partitions (default sqrt(rows); HNSW kinds one per ~1M rows);
+                at least 256 rows per partition are needed to train.
+            sub_vectors: PQ sub-vectors, must divide the width (default D/16).
+
+        Returns:
+            name, kind, partitions, sub_vectors, rows, seconds …
+        """
+        from featurestore.search import build_index
+
+        card = self.card(ref)
+        return build_index(self.store.open_table(card.table), card.dim, kind=kind, partitions=partitions, sub_vectors=sub_vectors)
+
+    def drop_index(self, ref: str) -> dict[str, Any] | None:
+        """Drop the ANN index on ``cls`` of model ``ref`` (searches become exact); None if there was none."""
+        from featurestore.search import drop_index
+
+        return drop_index(self.store.open_table(self.card(ref).table))
+
+    def index_info(self, ref: str) -> dict[str, Any] | None:
+        """The ANN index on ``cls`` of model ``ref``: name, kind, distance type, indexed / unindexed rows."""
+        from featurestore.search import index_info
+
+        return index_info(self.store.open_table(self.card(ref).table))

@@ -201,17 +201,6 @@ def cmd_aggregators(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from featurestore.api import FeatureStore
-
-    hits = FeatureStore(args.store).search(args.model, args.text, k=args.k, weights=args.weights, device=args.device)
-    if args.json:
-        _print_json(hits)
-    else:
-        _table(f"{args.text!r} in {args.model}", ["rank", "score", "uri", "id"], [(h["rank"], f"{h['score']:.4f}", h["uri"], h["id"][:12]) for h in hits])
-    return 0
-
-
 def cmd_classify(args: argparse.Namespace) -> int:
     from featurestore.api import FeatureStore
 
@@ -261,16 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb limit in pixels (default: Pillow's)")
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
     e.set_defaults(func=cmd_extract)
-
-    se = sub.add_parser("search", help="find stored images by text (CLIP/SigLIP models; nothing is re-extracted)")
-    se.add_argument("--store", "-s", required=True)
-    se.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
-    se.add_argument("--text", "-t", required=True, help="the query, e.g. 'a photo of a dog'")
-    se.add_argument("-k", type=int, default=10, help="how many results (default 10)")
-    se.add_argument("--weights", help="where to load the model from, if not where it was loaded at extraction")
-    se.add_argument("--device", default="cpu", help="where to encode the text (default cpu)")
-    se.add_argument("--json", action="store_true")
-    se.set_defaults(func=cmd_search)
 
     cl = sub.add_parser("classify", help="zero-shot labels for stored images (CLIP/SigLIP models)")
     cl.add_argument("--store", "-s", required=True)
