@@ -345,14 +345,14 @@ class FeatureStore:
         query["tokens"] = int(tokens.shape[0])
         return maxsim(table, tokens, k, query_info=query, exact=exact)
 
-    def index(self, ref: str, *, kind: str = "ivf_pq", partitions: int | None = None, sub_vectors: int | None = None) -> dict[str, Any]:
+    def index(self, ref: str, *, kind: str = "ivf_sq", partitions: int | None = None, sub_vectors: int | None = None) -> dict[str, Any]:
         """Build (or replace) the cosine ANN index on ``cls`` of model ``ref``; later searches use it.
 
         Args:
-            kind: ``ivf_pq`` (default), ``ivf_sq``, ``ivf_flat``, ``ivf_rq``, ``ivf_hnsw_sq``, ``ivf_hnsw_pq``.
+            kind: ``ivf_sq`` (default), ``ivf_pq``, ``ivf_flat``, ``ivf_rq``, ``ivf_hnsw_sq``, ``ivf_hnsw_pq``.
             partitions: IVF partitions (default sqrt(rows); HNSW kinds one per ~1M rows);
                 at least 256 rows per partition are needed to train.
-            sub_vectors: PQ sub-vectors, must divide the width (default D/16).
+            sub_vectors: PQ sub-vectors, must divide the width (default D/8).
 
         Returns:
             name, kind, partitions, sub_vectors, rows, seconds …

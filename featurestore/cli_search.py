@@ -160,7 +160,7 @@ def add_commands(sub: Any) -> None:
     ix.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
     ix.add_argument("--kind", default=DEFAULT_KIND, choices=list(INDEX_KINDS), help=f"index type (default {DEFAULT_KIND})")
     ix.add_argument("--partitions", type=int, help="IVF partitions (default sqrt(rows); HNSW kinds one per ~1M rows)")
-    ix.add_argument("--sub-vectors", type=int, help="PQ sub-vectors, must divide the width (default D/16)")
+    ix.add_argument("--sub-vectors", type=int, help="PQ sub-vectors, must divide the width (default D/8)")
     ix.add_argument("--drop", action="store_true", help="drop the index instead (searches become exact)")
     ix.add_argument("--json", action="store_true")
     ix.set_defaults(func=cmd_index)

@@ -315,7 +315,7 @@ def test_every_index_kind_is_built_and_used(synth, kind, capsys):
     info = _cli_json(capsys, "index", "-s", path, "-m", table, "--kind", kind)
     assert info["kind"] == kind and info["rows"] == info["indexed_rows"] == 2048 and info["distance_type"] == "cosine"
     assert info["partitions"] == (1 if "hnsw" in kind else 8)  # sqrt(2048) capped at 2048 // 256
-    assert info["sub_vectors"] == (DIM // 16 if kind.endswith("pq") else None)
+    assert info["sub_vectors"] == (DIM // 8 if kind.endswith("pq") else None)
     recall, methods = _recall(fs, table, ids, cls, queries)
     assert methods == {"ann"} and recall >= 0.9
     exact, methods = _recall(fs, table, ids, cls, queries, exact=True)
@@ -361,6 +361,6 @@ def test_bad_index_options(synth, capsys):
     path, table, *_ = synth
     err = _cli_err(capsys, "index", "-s", path, "-m", table, "--partitions", "9")
     assert "needs at least 2304 rows" in err and "--partitions 8" in err
-    assert "does not divide the vector width 32" in _cli_err(capsys, "index", "-s", path, "-m", table, "--sub-vectors", "5")
+    assert "does not divide the vector width 32" in _cli_err(capsys, "index", "-s", path, "-m", table, "--kind", "ivf_pq", "--sub-vectors", "5")
     assert "not ivf_sq" in _cli_err(capsys, "index", "-s", path, "-m", table, "--kind", "ivf_sq", "--sub-vectors", "4")
     assert "at least 1" in _cli_err(capsys, "index", "-s", path, "-m", table, "--partitions", "0")
