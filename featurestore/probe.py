@@ -18,9 +18,10 @@ with the mean of the row's patch tokens (DINOv2's linear-evaluation input).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

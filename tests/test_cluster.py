@@ -141,7 +141,7 @@ def test_kmeans_is_seeded_and_checks_k():
 def test_cluster_errors(tmp_path, capsys):
     table = Store(tmp_path / "s").register_model(_card("ef" * 32))
     _write(table, 0, _planted(np.random.default_rng(3), 10, 2)[0])
-    err = lambda *a: (main(["cluster", "-s", str(tmp_path / "s"), "-m", table.name, *map(str, a)]), capsys.readouterr().err)  # noqa: E731
+    err = lambda *a: (main(["cluster", "-s", str(tmp_path / "s"), "-m", table.name, *map(str, a)]), capsys.readouterr().err)
     assert err("--k", 1) == (2, "featurestore: error: --k 1: k-means needs at least 2 clusters.\n")
     rc, msg = err("--k", 11)
     assert rc == 2 and "more than the 10 rows" in msg and "--k 10 or fewer" in msg

@@ -104,7 +104,7 @@ def test_seeded_runs_repeat_and_the_table_output(separable, capsys):
 
 
 def test_labels_by_uri_in_parquet_and_partial_matches(separable, tmp_path):
-    root, table, ids, y = separable
+    root, table, _, y = separable
     uris = [f"/x/{i}.jpg" for i in range(160)] + ["/elsewhere/unknown.jpg"] * 1
     labs = [int(v) for v in y] + [3]
     pq.write_table(pa.table({"uri": uris, "label": labs, "extra": list(range(161))}), tmp_path / "l.parquet")
