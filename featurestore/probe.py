@@ -18,7 +18,8 @@ with the mean of the row's patch tokens (DINOv2's linear-evaluation input).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # on the mean cross-entropy of standard
 KNN_K = 20
 KNN_TEMPERATURE = 0.07  # DINO's temperature for weighted k-NN voting
 _SHOW = 5
+_SMALL = 4_000_000  # feature matrices below this many values are probed on one thread
 
 
 # -- labels ----------------------------------------------------------------------------
@@ -331,6 +333,31 @@ def run_probe(data: ProbeData, *, folds: int = 5, seed: int = 0, l2: float | Non
             f"{len(data.y)} of {data.labelled} labelled rows matched table {data.table}, but class(es) {', '.join(small[:_SHOW])} "
             f"have fewer rows than --folds {folds}. Fix: pass --folds {max(2, int(counts.min()))} or fewer, or label more rows of those classes."
         )
+    with _threads(1 if data.x.size < _SMALL else None):
+        linear, knn = _cross_validate(data, folds, seed, l2, k)
+    return ProbeResult(
+        table=data.table, model_hash=data.model_hash, version=data.version, features=data.features,
+        feature_dim=int(data.x.shape[1]), key=data.key, labelled=data.labelled, matched=len(data.y),
+        classes=data.classes, class_counts=counts.tolist(), folds=folds, seed=seed,
+        chance=float(counts.max() / counts.sum()), linear=linear, knn=knn,
+    )
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads (None: as is). Small probes take hundreds of tiny L-BFGS
+    steps, where synchronising threads costs far more than the arithmetic (10-100x slower
+    with 2 threads on a busy machine)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cross_validate(data: ProbeData, folds: int, seed: int, l2: float | None, k: int) -> tuple[dict[str, Any], dict[str, Any]]:
     fold = stratified_folds(data.y, folds, seed)
     pred_lin = np.empty_like(data.y)
     pred_knn = np.empty_like(data.y)
@@ -347,12 +374,7 @@ def run_probe(data: ProbeData, *, folds: int = 5, seed: int = 0, l2: float | Non
     linear.update(l2=l2s, l2_chosen_by="given" if l2 is not None else "inner validation (25% of each training fold)")
     knn = _summary(acc_knn, data.y, pred_knn, data.classes)
     knn.update(k=int(min(k, int((fold != 0).sum()))), temperature=KNN_TEMPERATURE)
-    return ProbeResult(
-        table=data.table, model_hash=data.model_hash, version=data.version, features=data.features,
-        feature_dim=int(data.x.shape[1]), key=data.key, labelled=data.labelled, matched=len(data.y),
-        classes=data.classes, class_counts=counts.tolist(), folds=folds, seed=seed,
-        chance=float(counts.max() / counts.sum()), linear=linear, knn=knn,
-    )
+    return linear, knn
 
 
 def probe(
