@@ -33,15 +33,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
         markup=False,
         highlight=False,
     )
-    l2 = ", ".join(f"{v:g}" for v in lin["l2"])
+    l2 = "/".join(f"{v:g}" for v in lin["l2"])
     _table(
         "probe accuracy (mean ± std over folds)",
         ["probe", "accuracy", "folds", "settings"],
         [
             ("linear (logistic regression)", f"{_pct(lin['accuracy_mean'])} ± {_pct(lin['accuracy_std'])}",
-             " ".join(_pct(a) for a in lin["fold_accuracy"]), f"L2 per fold: {l2} ({lin['l2_chosen_by']})"),
+             " ".join(_pct(a) for a in lin["fold_accuracy"]), f"L2 {l2} ({lin['l2_chosen_by']})"),
             (f"k-NN (k={knn['k']}, cosine)", f"{_pct(knn['accuracy_mean'])} ± {_pct(knn['accuracy_std'])}",
-             " ".join(_pct(a) for a in knn["fold_accuracy"]), f"votes exp(sim/{knn['temperature']})"),
+             " ".join(_pct(a) for a in knn["fold_accuracy"]), f"exp(sim/{knn['temperature']})"),
         ],
     )
     _table(

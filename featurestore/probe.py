@@ -371,7 +371,8 @@ def _cross_validate(data: ProbeData, folds: int, seed: int, l2: float | None, k:
         acc_knn.append(float((pred_knn[te] == data.y[te]).mean()))
         l2s.append(lam)
     linear = _summary(acc_lin, data.y, pred_lin, data.classes)
-    linear.update(l2=l2s, l2_chosen_by="given" if l2 is not None else "inner validation (25% of each training fold)")
+    # "validation": the best of L2_GRID on a quarter of each training fold held out
+    linear.update(l2=l2s, l2_chosen_by="given" if l2 is not None else "validation")
     knn = _summary(acc_knn, data.y, pred_knn, data.classes)
     knn.update(k=int(min(k, int((fold != 0).sum()))), temperature=KNN_TEMPERATURE)
     return linear, knn
