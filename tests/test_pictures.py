@@ -77,6 +77,14 @@ def test_pca_mask_finds_the_planted_object():
         assert (rgb[~fg] == 0).all() and rgb.min() >= 0 and rgb.max() <= 1
         left, right = rgb[2, 1], rgb[2, 3]  # the two parts of the object get different colours
         assert np.abs(left - right).max() > 0.5
+    # an object that fills most of the frame (25 of 36 cells, 9 of them on the border) is still
+    # the foreground: the side of the first component that the border leans to is background
+    rng = np.random.default_rng(1)
+    big = np.zeros((G, G), bool)
+    big[1:, 1:] = True
+    obj_vec, bg_vec = 4.0 * rng.standard_normal((2, DIM))
+    tokens_big = np.where(big.reshape(-1, 1), obj_vec, bg_vec) + 0.05 * rng.standard_normal((G * G, DIM))
+    assert (patch_pca_rgb(tokens_big, (G, G))[1] == big).all()
     rgb, fg, _ = patch_pca_rgb(tokens, (G, G), threshold=None)
     assert fg.all() and rgb[~obj].max() > 0
     with pytest.raises(ConfigError, match="do not fill a 5x5 grid"):
