@@ -316,13 +316,7 @@ def _add_optional_commands(sub: Any) -> None:
     import importlib
 
     for mod in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:  # the module exists but one of its imports is missing: a real error
-                raise
-            continue
-        module.add_commands(sub)
+        importlib.import_module(mod).add_commands(sub)
 
 
 def _version() -> str:

@@ -139,6 +139,12 @@ def feature_batch(
     now = datetime.now(timezone.utc)
     cols["run_id"] = pa.array([run_id] * n, pa.string())
     cols["created_at"] = pa.array([now] * n, _TS)
+    # columns added to the table later (e.g. cluster assignments) are not features: null in new rows
+    for f in schema:
+        if f.name not in cols:
+            if not f.nullable:
+                raise ValueError(f"table column {f.name!r} is required but extraction does not produce it")
+            cols[f.name] = pa.nulls(n, f.type)
     return pa.Table.from_pydict(cols, schema=schema)
 
 

@@ -174,11 +174,6 @@ def test_cluster_a_real_extraction(clustered_real):
     assert fs.models()[0]["rows"] == 8 and len(fs.models()) == 1  # the centroid table is no model of its own
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: extract builds its batches with the table's current schema (extract.py `schema = table.schema` -> "
-    "store.feature_batch), which now includes cluster_k3; feature_batch must fill extra nullable columns with nulls",
-)
 def test_extract_into_a_clustered_table(tiny_dinov2, clustered_real, tmp_path):
     fs, table, _ = clustered_real
     more = fs.extract(write_images(tmp_path / "more", 2, seed=90), backbone=f"hf:{tiny_dinov2}", workers=0)
