@@ -54,7 +54,9 @@ def _describe(res: Any) -> str:
         how = f"ANN {res.index['kind']} (nprobes {p['nprobes']}, refine {p['refine_factor']}" + (f", ef {p['ef']})" if p["ef"] else ")")
     else:
         how = "exact"
-    return f"{head} in {res.table} — {how}"
+    from rich.markup import escape  # paths and regions hold brackets: data, never markup
+
+    return escape(f"{head} in {res.table} — {how}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -180,6 +180,10 @@ def test_region_selects_the_tokens_under_it(real, capsys):
     # the same region of the image file itself: the region is in the query image's pixels
     img = _cli_json(capsys, "search", "-s", fs.path, "-m", dense, "--image", paths[3], "--patches", "--region", region, "-k", 2)
     assert img["query"]["token_indices"] == [0, 1, 4, 5] and img["hits"][0]["uri"] == paths[3]
+    # the plain output names the query; the region's brackets are printed, not read as markup
+    assert main(["search", "-s", fs.path, "-m", dense, "--id", q["id"], "--patches", "--region", region, "-k", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "4 patch tokens" in text and f"[{left}," in text and q["id"][:12] in text
 
 
 def test_region_geometry():
