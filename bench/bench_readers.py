@@ -195,7 +195,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/out/readers.json")
     args = p.parse_args()
 
-    from featurestore.loader import _worker_context
+    from featurestore.loader import worker_context
     from featurestore.readers import FeatureDataset
 
     root = Path(args.dir)
@@ -210,7 +210,7 @@ def main() -> None:
     import lancedb
 
     res["machine"]["lancedb"] = lancedb.__version__
-    ctx = _worker_context(["featurestore.readers"])
+    ctx = worker_context(["featurestore.readers"])
 
     t0 = time.perf_counter()
     ds = FeatureDataset(store, facts["dense_hash"], columns=["patches"])

@@ -249,7 +249,7 @@ def pickled_modules(obj: Any) -> list[str]:
     return mods
 
 
-def _worker_context(preload: Sequence[str] = ()) -> Any:
+def worker_context(preload: Sequence[str] = ()) -> Any:
     """Workers start from a clean forkserver, never by forking this process.
 
     By now this process runs LanceDB's async runtime (and maybe CUDA); forking it can
@@ -268,7 +268,7 @@ def _worker_context(preload: Sequence[str] = ()) -> Any:
 def start_worker_server(preprocessor: Any) -> None:
     """Start the forkserver now, importing what the workers will need, while this process
     goes on hashing the model and opening the store (it does not wait for the imports)."""
-    ctx = _worker_context(pickled_modules(preprocessor))
+    ctx = worker_context(pickled_modules(preprocessor))
     if ctx.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
@@ -278,7 +278,7 @@ def start_worker_server(preprocessor: Any) -> None:
 def make_loader(dataset: SourceDataset, *, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
     return DataLoader(
         dataset,
-        multiprocessing_context=_worker_context() if workers else None,
+        multiprocessing_context=worker_context() if workers else None,
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from featurestore.config import ModelCard, TokenLayout
 from featurestore.errors import ConfigError, StoreError, UnknownModelError
+from featurestore.loader import worker_context
 from featurestore.store import Store
 
 _CHUNK_BYTES = 64 << 20  # rows per bulk read are sized to about this many bytes
@@ -443,7 +444,14 @@ class FeatureDataset(Dataset):
         return state
 
     def _handle(self) -> Any:
-        if self._table is None or self._pid != os.getpid():
+        if self._pid is not None and self._pid != os.getpid():
+            raise ConfigError(
+                "this FeatureDataset was copied into a forked process (a DataLoader worker started by "
+                "fork). LanceDB's threads do not survive fork and the worker can crash or hang. "
+                "Fix: ds.loader(batch_size, num_workers=N), or DataLoader(ds, ..., "
+                "multiprocessing_context=featurestore.loader.worker_context()) (\"forkserver\" or \"spawn\" also work)."
+            )
+        if self._table is None:
             table = Store(self.path).open_table(self.table_name)
             try:
                 table.checkout(self.version)
@@ -529,9 +537,7 @@ class FeatureDataset(Dataset):
         """A ``DataLoader`` whose workers start from a forkserver rather than by forking a
         process that runs LanceDB's threads (which LanceDB warns may deadlock)."""
         if num_workers and "multiprocessing_context" not in kwargs:
-            from featurestore.loader import _worker_context
-
-            kwargs["multiprocessing_context"] = _worker_context(["featurestore.readers"])
+            kwargs["multiprocessing_context"] = worker_context(["featurestore.readers"])
         return DataLoader(self, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, **kwargs)
 
     # -- bulk -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import pickle
 import pickletools
 import subprocess
@@ -22,6 +23,7 @@ from featurestore import FeatureStore
 from featurestore.cli import main as cli_main
 from featurestore.config import ModelCard, TokenLayout
 from featurestore.errors import ConfigError, UnknownModelError
+from featurestore.loader import worker_context
 from featurestore.readers import FeatureDataset, tag_version
 from featurestore.store import Store, feature_batch, table_name_for
 from featurestore.testing import write_images
@@ -275,9 +277,10 @@ def test_pickles_without_handles_and_reopens_per_process(synth):
     copy = pickle.loads(data)
     assert copy._table is None and ds._table is not None
     assert torch.equal(copy[5]["cls"], ds[5]["cls"])
-    handle = copy._handle()
-    copy._pid = -1  # as if unpickled state was carried into a forked child: a new handle
-    assert copy._handle() is not handle and copy._handle().version == ds.version
+    assert copy._handle() is copy._handle() and copy._handle().version == ds.version
+    copy._pid = -1  # as if this copy had been carried into a forked child
+    with pytest.raises(ConfigError, match="forked process.*worker_context"):
+        copy[0]
 
 
 def test_dataloader_workers_give_the_same_batches(synth):
@@ -287,14 +290,26 @@ def test_dataloader_workers_give_the_same_batches(synth):
         return torch.Generator().manual_seed(0)
 
     ref = list(DataLoader(ds, batch_size=16, shuffle=True, generator=seeded(), num_workers=0))
-    forked = list(DataLoader(ds, batch_size=16, shuffle=True, generator=seeded(), num_workers=2))  # default: fork
-    served = list(ds.loader(16, shuffle=True, generator=seeded(), num_workers=2))  # forkserver workers
+    plain = list(DataLoader(ds, batch_size=16, shuffle=True, generator=seeded(), num_workers=2, multiprocessing_context=worker_context()))
+    served = list(ds.loader(16, shuffle=True, generator=seeded(), num_workers=2))  # forkserver preloading the reader
     assert sorted(i for b in ref for i in b["id"]) == sorted(ds.ids) and ref[0]["id"] != ds.ids[:16]
-    for other in (forked, served):
+    for other in (plain, served):
         assert len(other) == len(ref) == 6
         for a, b in zip(ref, other):
             assert a["id"] == b["id"] and torch.equal(a["cls"], b["cls"]) and torch.equal(a["patches"], b["patches"])
             assert a["patches"].shape[1:] == (TOKENS, DIM) and a["grid"].tolist() == [[2, 3]] * len(a["id"])
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork start method on this platform")
+def test_forked_dataloader_workers_are_refused_with_the_fix(synth):
+    # LanceDB's runtime threads do not survive fork(): a forked worker can segfault or hang,
+    # so a FeatureDataset refuses to read in one instead of crashing now and then
+    path, _ = synth
+    ds = FeatureDataset(path, "toy", columns=["cls"])
+    forked = DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context=multiprocessing.get_context("fork"))
+    with pytest.raises(ConfigError, match="forked process.*ds.loader"):
+        next(iter(forked))
+    assert len(list(ds.loader(4, num_workers=1))) == -(-len(ds) // 4)  # the fix it names works
 
 
 # -- export --------------------------------------------------------------------------------
