@@ -50,6 +50,7 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         self.store = Store(path)
         self._backbones: dict[tuple[str, str | None], Backbone] = {}
+        self._adapters: dict[str, Any] = {}
 
     @property
     def path(self) -> str:
@@ -79,6 +80,7 @@ class FeatureStore:
         aggregate: Sequence[str] | None = None,
         window: float | None = None,
         stride: float | None = None,
+        adapters: Sequence[str] | None = None,
         progress: bool = False,
     ) -> ExtractSummary:
         """Extract CLS (and with ``dense`` patch) features of images into this store.
@@ -100,6 +102,8 @@ class FeatureStore:
                 the frames of every video of this run; clip rows go to one table per aggregator.
             window: aggregate per window of this many seconds instead of per video.
             stride: seconds between window starts (default: ``window``).
+            adapters: fitted adapters (hash, prefix or name) of this model, applied to each
+                batch as it is written; their tables end up covering every stored row.
             progress: show a progress bar on stderr.
 
         Returns:
@@ -119,6 +123,7 @@ class FeatureStore:
             aggregate=list(aggregate or []),
             window=window,
             stride=stride,
+            adapters=list(adapters or []),
         )
         sources = expand_sources(str(p) for p in paths)
         return run_extraction(self.store, self.backbone(backbone, weights), sources, config, progress=progress)
@@ -249,13 +254,62 @@ class FeatureStore:
             :class:`featurestore.search.SearchResult`: ``hits`` ``{rank, score, uri, id}`` best
             first (``score`` is the cosine similarity), ``method`` ``"ann"`` or ``"exact"``.
         """
-        from featurestore.search import as_query_vector, knn
+        from featurestore.search import as_query_vector, knn, knn_decoded
 
         card = self.card(ref)
         q = as_query_vector(vector, card.dim, "the query vector")
         table = self.store.open_table(card.table)
         info = query if query is not None else {"kind": "vector"}
+        if "cls" not in table.schema.names and card.adapter is not None:  # integer codes: decode and compare
+            from featurestore.readers import FeatureDataset
+
+            return knn_decoded(FeatureDataset(self.store.path, card.table, columns=["cls"]), q, k, query_info=info)
         return knn(table, q, k, query_info=info, exact=exact, nprobes=nprobes, refine_factor=refine_factor, ef=ef)
+
+    # -- domain adapters ---------------------------------------------------------------
+    def fit_adapter(
+        self, ref: str, adapter: str, *, where: str | None = None, labels: str | Path | None = None, max_rows: int | None = None
+    ) -> Any:
+        """Fit ``adapter`` (``NAME`` or ``NAME:key=value,…``) on the stored ``cls`` of model ``ref``.
+
+        Returns the :class:`featurestore.config.AdapterCard`; its tensors are saved in the store.
+        """
+        from featurestore.adapters import fit_adapter
+
+        return fit_adapter(self.store, ref, adapter, where=where, labels=labels, max_rows=max_rows)
+
+    def apply_adapter(self, adapter: str, *, model: str | None = None) -> Any:
+        """Write a fitted adapter's output for every stored row of its base model to its table
+        (rows already there are skipped). ``model``: the model you expect it to apply to."""
+        from featurestore.adapters import apply_adapter
+
+        return apply_adapter(self.store, adapter, model=model)
+
+    def adapters(self) -> list[dict[str, Any]]:
+        """The fitted adapters of this store: hash, name, params, base table, rows applied …"""
+        from featurestore.adapters import adapters_summary
+
+        return adapters_summary(self.store)
+
+    def adapter(self, ref: str) -> Any:
+        """The fitted adapter of an adapted table (``ref`` as :meth:`card`), or None for a model's own table."""
+        card = self.card(ref)
+        if card.adapter is None:
+            return None
+        from featurestore.adapters import load_fitted
+
+        key = card.adapter.adapter_hash
+        if key not in self._adapters:
+            self._adapters[key] = load_fitted(self.store, card.adapter)
+        return self._adapters[key]
+
+    def _to_table_space(self, ref: str, x: np.ndarray) -> np.ndarray:
+        """Query features from the base model → the space the table of ``ref`` stores
+        (float adapters transform; integer-coded tables are compared decoded, in the base space)."""
+        adapter = self.adapter(ref)
+        if adapter is None or adapter.out_dtype() != "float32":
+            return x
+        return np.asarray(adapter.transform(np.asarray(x, np.float32).reshape(-1, adapter.in_dim())), np.float32).reshape(*x.shape[:-1], -1)
 
     def search_id(self, ref: str, row_id: str, **kw: Any) -> "SearchResult":
         """Rows nearest to the stored ``cls`` of row ``row_id`` (a full id or a unique prefix of >= 6 hex).
@@ -265,14 +319,25 @@ class FeatureStore:
         from featurestore.search import stored_row
 
         card = self.card(ref)
-        row = stored_row(self.store.open_table(card.table), row_id, ["cls"])
-        return self.search_vector(ref, np.asarray(row["cls"], np.float32), query={"kind": "id", "id": row["id"], "uri": row["uri"]}, **kw)
+        table = self.store.open_table(card.table)
+        if "cls" in table.schema.names:
+            row = stored_row(table, row_id, ["cls"])
+            vec = np.asarray(row["cls"], np.float32)
+        else:  # an integer-coded adapter's table: the row's codes, decoded
+            row = stored_row(table, row_id, ["codes"])
+            vec = self.adapter(ref).decode(np.asarray([row["codes"]]))[0].astype(np.float32)
+        return self.search_vector(ref, vec, query={"kind": "id", "id": row["id"], "uri": row["uri"]}, **kw)
 
     def image_backbone(self, ref: str, *, weights: str | None = None, device: str = "cpu") -> tuple[ModelCard, Backbone]:
-        """The card of ``ref`` and its backbone loaded again, checked to reproduce the stored features."""
+        """The card of ``ref`` and its backbone loaded again, checked to reproduce the stored features.
+
+        For an adapted table, the card and backbone of its base model (queries are encoded
+        there, then adapted)."""
         from featurestore.search import verify_image_backbone
 
         card = self.card(ref)
+        if card.adapter is not None:
+            card = self.card(card.adapter.base_model_hash)
         backbone = self.backbone(card.backbone, weights if weights is not None else card.weights_arg)
         verify_image_backbone(backbone, card)
         backbone.to(resolve_device(device))
@@ -290,7 +355,7 @@ class FeatureStore:
 
         card, backbone = self.image_backbone(ref, weights=weights, device=device)
         enc = encode_image(backbone, card, str(path), resolve_device(device), dense=False)
-        return self.search_vector(ref, enc["cls"], query={"kind": "image", "path": str(path)}, **kw)
+        return self.search_vector(ref, self._to_table_space(ref, enc["cls"]), query={"kind": "image", "path": str(path)}, **kw)
 
     def search_patches(
         self,
@@ -332,6 +397,7 @@ class FeatureStore:
             card, backbone = self.image_backbone(ref, weights=weights, device=device)
             enc = encode_image(backbone, card, str(image), resolve_device(device), dense=True)
             tokens, grid, crop, query = enc["patches"], enc["grid"], enc["crop_box"], {"kind": "image", "path": str(image)}
+            tokens = self._to_table_space(ref, np.asarray(tokens, np.float32))
         else:
             row = stored_row(table, row_id, ["patches", "grid_h", "grid_w", "crop_box"])
             tokens = np.asarray(row["patches"], np.float32)  # (N, P)
@@ -360,7 +426,14 @@ class FeatureStore:
         from featurestore.search import build_index
 
         card = self.card(ref)
-        return build_index(self.store.open_table(card.table), card.dim, kind=kind, partitions=partitions, sub_vectors=sub_vectors)
+        table = self.store.open_table(card.table)
+        if "cls" not in table.schema.names:
+            raise ConfigError(
+                f"table {card.table} holds integer codes of adapter {card.adapter.name if card.adapter else '?'}, not float "
+                "vectors: LanceDB cannot index them. Search decodes them and compares exactly; for an ANN index, "
+                "index the base model's table (LanceDB's ivf_pq/ivf_sq compress it themselves)."
+            )
+        return build_index(table, card.dim, kind=kind, partitions=partitions, sub_vectors=sub_vectors)
 
     def drop_index(self, ref: str) -> dict[str, Any] | None:
         """Drop the ANN index on ``cls`` of model ``ref`` (searches become exact); None if there was none."""

@@ -53,6 +53,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         aggregate=[a for spec in args.aggregate or [] for a in _split_aggregators(spec)],
         window=args.window,
         stride=args.stride,
+        adapters=args.adapter or [],
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -76,6 +77,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             c.print(f"clips → table [cyan]{t}[/]")
         if summary.clip_tables:
             c.print(f"clip rows written {summary.clips_written}")
+        for t, n in summary.adapted_tables.items():
+            c.print(f"adapted → table [cyan]{t}[/]: {n} rows written")
         for e in summary.error_samples:
             c.print(f"  [red]error[/] {e.stage} {e.error_type}: {e.uri}: {e.message}", markup=False, highlight=False)
         if summary.errors > len(summary.error_samples):
@@ -93,10 +96,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         _print_json(models)
     else:
         rows = [
-            (m["model_hash"][:12], m["backbone"], m["table"], m["rows"], m["dim"], "yes" if m["dense"] else "no", m["plugin"])
+            [m["model_hash"][:12], m["backbone"], m["table"], m["rows"], m["dim"], "yes" if m["dense"] else "no", m["plugin"]]
             for m in models
         ]
-        _table(f"models in {args.store}", ["hash", "backbone", "table", "rows", "dim", "dense", "plugin"], rows)
+        cols = ["hash", "backbone", "table", "rows", "dim", "dense", "plugin"]
+        if any(m["adapter"] for m in models):  # the chain model → adapter, only where there is one
+            cols.insert(1, "adapted from")
+            for r, m in zip(rows, models):
+                r.insert(1, f"{m['base_model_hash'][:12]} + {m['adapter']}" if m["adapter"] else "")
+        _table(f"models in {args.store}", cols, rows)
     return 0
 
 
@@ -243,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--aggregate", action="append", metavar="NAME[,NAME…]", help="temporal aggregators for each video's frames, e.g. mean,meanmax")
     e.add_argument("--window", type=float, help="with --aggregate: one clip per window of this many seconds")
     e.add_argument("--stride", type=float, help="with --window: seconds between window starts (default: the window)")
+    e.add_argument("--adapter", action="append", metavar="HASH|NAME", help="a fitted adapter of this model (repeatable): adapted rows are written too")
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass and per commit (default 32)")
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -309,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that live in their own modules: each exposes ``add_commands(subparsers)``.
-_COMMAND_MODULES = ("featurestore.cli_readers", "featurestore.cli_search", "featurestore.cli_analysis")
+_COMMAND_MODULES = ("featurestore.cli_readers", "featurestore.cli_search", "featurestore.cli_analysis", "featurestore.cli_adapt")
 
 
 def _add_optional_commands(sub: Any) -> None:

@@ -29,6 +29,36 @@ class TokenLayout(_Model):
     input_w: int = Field(description="width in pixels of the preprocessed model input")
 
 
+class AdapterCard(_Model):
+    """A fitted domain adapter: what it was fitted on, with what, and where its tensors are.
+    One row of `adapters`; copied into the model card of the table it writes."""
+
+    adapter_hash: str = Field(description="SHA-256 of base model hash + adapter spec + fitted tensors; keys the adapted table")
+    name: str = Field(description="registered adapter name, e.g. 'pca-whiten'")
+    params: dict[str, Any] = Field(description="parameters with defaults filled in (hashed)")
+    version: int = Field(description="the adapter's arithmetic version (hashed)")
+    plugin: str = Field(description="distribution that provided the adapter")
+    plugin_version: str = Field(description="its version")
+    base_model_hash: str = Field(description="model whose features it was fitted on and applies to")
+    base_table: str = Field(description="that model's feature table")
+    base_backbone: str = Field(description="that model's backbone name")
+    fit_rows: int = Field(description="rows the adapter was fitted on")
+    fit_version: int = Field(description="version of the base table the fit rows were read from")
+    fit_where: str | None = Field(None, description="SQL filter that chose the fit rows (None: all rows)")
+    labels_file: str | None = Field(None, description="label file used to fit (adapters that need labels)")
+    classes: list[str] | None = Field(None, description="class names of the output, in order (class-logit outputs)")
+    in_dim: int = Field(description="width of the vectors it takes")
+    out_dim: int = Field(description="width of its output (codes per vector for integer outputs)")
+    out_dtype: str = Field(description="float32, or int8/uint8 codes that decode to in_dim floats")
+    invertible: bool = Field(description="whether outputs decode back to approximate base features")
+    patches: bool = Field(description="whether patch tokens are adapted too (dense base, same width, float output)")
+    artifact: str = Field(description="safetensors file of the fitted tensors, relative to the store")
+    state_sha256: str = Field(description="SHA-256 of the fitted tensors (name, dtype, shape, bytes)")
+    metrics: dict[str, Any] = Field(description="what the fit reported (explained variance, reconstruction error, accuracy …)")
+    table: str = Field(description="table the adapted features are written to")
+    created_at: datetime = Field(description="when it was fitted (UTC)")
+
+
 class ModelCard(_Model):
     """Everything needed to know which model produced a feature table. One row of `models`."""
 
@@ -61,6 +91,9 @@ class ModelCard(_Model):
     compute_dtype: str = Field("float32", description="dtype of the forward pass")
     library_versions: dict[str, str] = Field(description="versions of the libraries that computed the features")
     created_at: datetime = Field(description="when this card was first written (UTC)")
+    adapter: AdapterCard | None = Field(
+        None, description="for a table of adapted features: the adapter (its base model is `adapter.base_model_hash`)"
+    )
 
 
 class ExtractConfig(_Model):
@@ -81,6 +114,7 @@ class ExtractConfig(_Model):
     aggregate: list[str] = Field(default_factory=list, description="temporal aggregators run on each video's frames after extraction")
     window: float | None = Field(None, gt=0, description="aggregate per window of this many seconds (None: one clip per video)")
     stride: float | None = Field(None, gt=0, description="seconds between window starts (default: the window)")
+    adapters: list[str] = Field(default_factory=list, description="fitted adapters (hash or name) applied to each batch as it is written")
 
 
 class ErrorRecord(_Model):
@@ -113,6 +147,7 @@ class ExtractSummary(_Model):
     frames_written: int = Field(0, description="of `written`, rows that are video frames")
     clips_written: int = Field(0, description="clip rows written by --aggregate")
     clip_tables: list[str] = Field(default_factory=list, description="clip tables written by --aggregate")
+    adapted_tables: dict[str, int] = Field(default_factory=dict, description="rows written to each adapted table by --adapter")
     error_rate: float
     seconds: float
     images_per_second: float = Field(description="written rows per second of wall time")
@@ -126,4 +161,5 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "extract_summary": ExtractSummary,
     "error_record": ErrorRecord,
     "token_layout": TokenLayout,
+    "adapter_card": AdapterCard,
 }

@@ -154,6 +154,7 @@ def run_extraction(
         start_worker_server(preprocessor)  # its imports overlap hashing and opening the store
     card = build_card(backbone, config.backbone, dense=config.dense, layers=layers, weights_arg=config.weights)
     table = store.register_model(card)
+    adapted = _open_adapters(store, card, config.adapters)
     existing = frozenset(store.existing_ids(table))
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     backbone.to(device)
@@ -205,6 +206,8 @@ def run_extraction(
                         f"writing {rows.num_rows} rows to table {card.table} in {store.path} failed: {exc}. "
                         f"Rows committed before this batch are kept; re-run to finish."
                     ) from exc
+                for ad in adapted:
+                    ad.write(store, rows)
                 n_new += rows.num_rows
                 frames_written += sum(1 for m in metas if m.video_id is not None)
             written += n_new
@@ -224,6 +227,10 @@ def run_extraction(
             res = aggregate_videos(store, card, agg, video_ids=run_videos, window=config.window, stride=config.stride, run_id=run_id)
             clips_written += res.written
             clip_tables.append(res.table)
+    adapted_tables = {}
+    for ad in adapted:
+        ad.finish(store)  # rows stored before this run (skipped above) are adapted too
+        adapted_tables[ad.card.table] = ad.written
     seconds = time.perf_counter() - t0
     rate = len(errors) / len(sources) if sources else 0.0
     succeeded = written + skipped_existing + skipped_dup
@@ -244,12 +251,49 @@ def run_extraction(
         frames_written=frames_written,
         clips_written=clips_written,
         clip_tables=clip_tables,
+        adapted_tables=adapted_tables,
         error_rate=rate,
         seconds=seconds,
         images_per_second=written / seconds if seconds > 0 else 0.0,
         error_samples=errors[:MAX_ERROR_SAMPLES],
         ok=(succeeded > 0 or not sources) and rate <= config.max_error_rate,
     )
+
+
+class _OnTheFly:
+    """A fitted adapter applied to each batch as it is written (``--adapter``)."""
+
+    def __init__(self, store: Store, card: ModelCard, ref: str):
+        from featurestore.adapters import adapter_card, check_base, load_fitted, open_adapted
+
+        self.card = adapter_card(store, ref)
+        check_base(self.card, card)
+        self.adapter = load_fitted(store, self.card)
+        _, self.table = open_adapted(store, self.card)
+        self.written = 0
+
+    def write(self, store: Store, rows: Any) -> None:
+        from featurestore.adapters import adapt_rows
+
+        batch = adapt_rows(self.adapter, self.card, self.table.schema, rows)
+        try:
+            store.write_features(self.table, batch)
+        except Exception as exc:
+            raise StoreError(
+                f"writing {batch.num_rows} adapted rows to table {self.card.table} failed: {exc}. The raw rows are "
+                f"stored; finish with: featurestore adapt apply -s {store.path} --adapter {self.card.adapter_hash[:12]}"
+            ) from exc
+        self.written += batch.num_rows
+
+    def finish(self, store: Store) -> None:
+        from featurestore.adapters import apply_adapter
+
+        self.written += apply_adapter(store, self.card.adapter_hash).written
+
+
+def _open_adapters(store: Store, card: ModelCard, refs: list[str]) -> list[_OnTheFly]:
+    """Every ``--adapter`` checked against this run's model before any image is read."""
+    return [_OnTheFly(store, card, ref) for ref in refs]
 
 
 def _forward_rows(

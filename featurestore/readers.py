@@ -305,6 +305,9 @@ class FeatureDataset(Dataset):
         self.version, self.tag = resolve_version(table, version)
         table.checkout(self.version)  # time-travel mode: this handle never moves past it
         self.schema: pa.Schema = table.schema
+        # an integer-coded adapter's table (quantizer) stores `codes`; `cls` reads decode them
+        self._coded = "cls" not in self.schema.names and "codes" in self.schema.names and self.card.adapter is not None
+        self._adapter: Any = None
         self.columns = self._check_columns(columns)
         self.dtype = dtype
         self._slices = self._layer_slices(layer)
@@ -332,7 +335,7 @@ class FeatureDataset(Dataset):
     def _check_columns(self, columns: Sequence[str]) -> list[str]:
         if isinstance(columns, str):
             columns = [c.strip() for c in columns.split(",") if c.strip()]
-        names = self.schema.names
+        names = self.schema.names + (["cls"] if self._coded else [])
         for c in columns:
             if c == "patches" and c not in names:
                 raise ConfigError(
@@ -440,6 +443,7 @@ class FeatureDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_table"] = None  # LanceDB handles hold threads and sockets: reopen per process
+        state["_adapter"] = None  # rebuilt from the store's artifact where needed
         state["_pid"] = None
         return state
 
@@ -464,8 +468,20 @@ class FeatureDataset(Dataset):
     def _physical(self, columns: Sequence[str]) -> list[str]:
         out: list[str] = []
         for c in columns:
-            out += ["patches", "grid_h", "grid_w"] if c == "patches" else [c]
+            out += ["patches", "grid_h", "grid_w"] if c == "patches" else ["codes"] if (c == "cls" and self._coded) else [c]
         return list(dict.fromkeys(out))
+
+    def _decoded(self, got: pa.Table) -> pa.Table:
+        """Add ``cls`` decoded from ``codes`` (tables of an integer-coded adapter)."""
+        if not self._coded or "codes" not in got.column_names:
+            return got
+        if self._adapter is None:
+            from featurestore.adapters import load_fitted
+
+            self._adapter = load_fitted(Store(self.path), self.card.adapter)
+        codes = _fsl_numpy(got.column("codes"))
+        x = np.ascontiguousarray(self._adapter.decode(codes), np.float32)  # (n, D)
+        return got.append_column("cls", pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1]))
 
     def _take(self, positions: np.ndarray, physical: list[str]) -> tuple[pa.Table, np.ndarray | None]:
         """The rows at ``positions`` (sorted by row id) and the permutation into ``positions``
@@ -481,7 +497,7 @@ class FeatureDataset(Dataset):
                 raise StoreError(f"rows of {self.table_name} v{self.version} could not be read back; the table changed under a pinned version.")
             got, back = got.take(pa.array(order)), back[order]
         same = len(inverse) == len(uniq) and bool((inverse == np.arange(len(uniq))).all())
-        return got, None if same else inverse
+        return self._decoded(got), None if same else inverse
 
     def _values(self, got: pa.Table, perm: np.ndarray | None, column: str) -> Any:
         """One column as numpy (feature columns, sliced by ``layer``) or a list, in order."""
@@ -576,7 +592,7 @@ class FeatureDataset(Dataset):
             if perm is not None:
                 got = got.take(pa.array(perm))
             out = {"id": pa.array([self.ids[p] for p in pos], pa.string())}
-            for c in self._physical(cols):
+            for c in dict.fromkeys(x for c in cols for x in (["patches", "grid_h", "grid_w"] if c == "patches" else [c])):
                 col = got.column(c)
                 if c in self._slices:
                     col = _slice_fsl(col, self._slices[c]) if c == "cls" else _slice_patches(col, self._slices[c])
@@ -606,7 +622,7 @@ class FeatureDataset(Dataset):
                 k = np.minimum(np.searchsorted(by_rowid, rid), n - 1)
                 hit = by_rowid[k] == rid  # rows the dataset leaves out (labels dropped, not in ids=)
                 rows = pa.Table.from_batches([batch])
-                yield order[k[hit]], rows if hit.all() else rows.filter(pa.array(hit)), None
+                yield order[k[hit]], self._decoded(rows if hit.all() else rows.filter(pa.array(hit))), None
             return
         for start in range(0, n, step) or [0]:  # an empty dataset: one empty read for the shapes
             pos = np.arange(start, min(start + step, n))

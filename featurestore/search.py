@@ -281,6 +281,31 @@ def knn(
     return SearchResult(_hits(rows, lambda d: 1.0 - d), "ann" if use else "exact", table.name, query_info, info, params, note)
 
 
+def knn_decoded(dataset: Any, query: np.ndarray, k: int, *, query_info: dict[str, Any]) -> SearchResult:
+    """Exact top ``k`` by cosine over a dataset's ``cls`` read chunk by chunk: for tables of
+    integer codes (a quantizing adapter), which LanceDB cannot search; rows are decoded."""
+    k = check_k(k)
+    q = np.asarray(query, np.float32)
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    best_s = np.empty(0, np.float32)
+    best_i: list[str] = []
+    best_u: list[Any] = []
+    for part in dataset.iter_arrow(["cls", "uri"]):
+        cls = part.column("cls").combine_chunks()
+        x = cls.flatten().to_numpy(zero_copy_only=False).reshape(len(cls), cls.type.list_size)  # (n, D)
+        s = (x @ q) / np.maximum(np.linalg.norm(x, axis=1), 1e-12)  # (n,)
+        best_s = np.concatenate([best_s, s.astype(np.float32)])
+        best_i += part.column("id").to_pylist()
+        best_u += part.column("uri").to_pylist()
+        if len(best_s) > k:
+            keep = np.argsort(-best_s, kind="stable")[:k]
+            best_s, best_i, best_u = best_s[keep], [best_i[i] for i in keep], [best_u[i] for i in keep]
+    order = np.argsort(-best_s, kind="stable")[:k]
+    hits = [{"rank": r + 1, "score": float(best_s[i]), "uri": best_u[i], "id": best_i[i]} for r, i in enumerate(order)]
+    note = "integer codes decoded and compared exactly (no ANN index over codes)"
+    return SearchResult(hits, "exact", dataset.table_name, query_info, None, {}, note)
+
+
 def maxsim(
     table: Any,
     tokens: np.ndarray,

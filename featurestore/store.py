@@ -202,8 +202,9 @@ class Store:
         return self.db.open_table(name)
 
     # -- catalog ---------------------------------------------------------------
-    def register_model(self, card: ModelCard) -> Any:
-        """Add the card to `models` (once per hash) and return the feature table."""
+    def register_model(self, card: ModelCard, schema: pa.Schema | None = None) -> Any:
+        """Add the card to `models` (once per hash) and return the feature table
+        (``schema``: its columns, default the feature schema of the card)."""
         models = self._open_or_create(MODELS_TABLE, MODELS_SCHEMA)
         row = pa.Table.from_pylist(
             [
@@ -220,7 +221,7 @@ class Store:
             schema=MODELS_SCHEMA,
         )
         models.merge_insert("model_hash").when_not_matched_insert_all().execute(row)
-        return self._open_or_create(card.table, feature_schema(card.dim, card.dense, card.patch_dim))
+        return self._open_or_create(card.table, schema or feature_schema(card.dim, card.dense, card.patch_dim))
 
     def cards(self) -> list[ModelCard]:
         if MODELS_TABLE not in self.table_names():
@@ -265,6 +266,9 @@ class Store:
                     "token_layout": c.token_layout.model_dump() if c.token_layout else None,
                     "weights_source": c.weights_source,
                     "plugin": f"{c.plugin} {c.plugin_version}",
+                    "adapter": c.adapter.name if c.adapter else None,
+                    "base_model_hash": c.adapter.base_model_hash if c.adapter else None,
+                    "base_table": c.adapter.base_table if c.adapter else None,
                     "created_at": c.created_at.isoformat(),
                 }
             )
