@@ -389,7 +389,8 @@ def apply_adapter(store: Store, ref: str, *, model: str | None = None, chunk: in
     base_table = store.open_table(base.table)
     existing = store.existing_ids(table)
     written = 0
-    for rows in _base_chunks(base_table, table.schema.names + ["cls", "patches"], existing, chunk):
+    wanted = list(dict.fromkeys([c for c in table.schema.names if c not in ("codes", "patches")] + ["cls"] + (["patches"] if card.patches else [])))
+    for rows in _base_chunks(base_table, wanted, existing, chunk):
         batch = adapt_rows(adapter, card, table.schema, rows)
         store.write_features(table, batch)
         written += batch.num_rows

@@ -511,6 +511,8 @@ class FeatureDataset(Dataset):
                 a = [x[:, part] if part else x for x in a]
                 return a if perm is None else [a[i] for i in perm]
             a = a[:, :, part] if part else a
+        elif column == "codes":  # an integer-coded adapter's table
+            a = _fsl_numpy(got.column("codes"))
         elif column in ("grid_h", "grid_w"):
             a = got.column(column).to_numpy()
         else:
@@ -561,7 +563,7 @@ class FeatureDataset(Dataset):
         width = 0
         for c in columns:
             if c == "cls":
-                width += 4 * self.schema.field("cls").type.list_size
+                width += 4 * self.card.dim  # decoded width for a table of codes
             elif c == "patches":
                 lay = self.card.token_layout
                 tokens = lay.grid_h * lay.grid_w if lay else 256
