@@ -81,6 +81,8 @@ class FeatureStore:
         window: float | None = None,
         stride: float | None = None,
         adapters: Sequence[str] | None = None,
+        tag: str | None = None,
+        tag_run: bool = True,
         progress: bool = False,
     ) -> ExtractSummary:
         """Extract CLS (and with ``dense`` patch) features of images into this store.
@@ -104,6 +106,8 @@ class FeatureStore:
             stride: seconds between window starts (default: ``window``).
             adapters: fitted adapters (hash, prefix or name) of this model, applied to each
                 batch as it is written; their tables end up covering every stored row.
+            tag: name for the table version the run ends at (default ``run-<run id>``).
+            tag_run: False leaves the version untagged.
             progress: show a progress bar on stderr.
 
         Returns:
@@ -124,6 +128,8 @@ class FeatureStore:
             window=window,
             stride=stride,
             adapters=list(adapters or []),
+            tag=tag,
+            tag_run=tag_run,
         )
         sources = expand_sources(str(p) for p in paths)
         return run_extraction(self.store, self.backbone(backbone, weights), sources, config, progress=progress)

@@ -54,6 +54,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         window=args.window,
         stride=args.stride,
         adapters=args.adapter or [],
+        tag=args.tag,
+        tag_run=not args.no_tag,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -71,6 +73,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             f"duplicate content {summary.skipped_duplicate}, errors {summary.errors} "
             f"({summary.error_rate:.1%}) in {summary.seconds:.1f}s, {summary.images_per_second:.1f} img/s"
         )
+        if summary.tag:
+            c.print(f"table version {summary.version} tagged {summary.tag}", markup=False, highlight=False)
         if summary.videos:
             c.print(f"videos {summary.videos}: frame rows written {summary.frames_written}")
         for t in summary.clip_tables:
@@ -252,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--window", type=float, help="with --aggregate: one clip per window of this many seconds")
     e.add_argument("--stride", type=float, help="with --window: seconds between window starts (default: the window)")
     e.add_argument("--adapter", action="append", metavar="HASH|NAME", help="a fitted adapter of this model (repeatable): adapted rows are written too")
+    tg = e.add_mutually_exclusive_group()
+    tg.add_argument("--tag", help="tag the table version the run ends at (default run-<run id>)")
+    tg.add_argument("--no-tag", action="store_true", help="leave that version untagged (so compaction can drop its files)")
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass and per commit (default 32)")
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -318,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that live in their own modules: each exposes ``add_commands(subparsers)``.
-_COMMAND_MODULES = ("featurestore.cli_readers", "featurestore.cli_search", "featurestore.cli_analysis", "featurestore.cli_adapt")
+_COMMAND_MODULES = ("featurestore.cli_readers", "featurestore.cli_search", "featurestore.cli_analysis", "featurestore.cli_adapt", "featurestore.cli_store")
 
 
 def _add_optional_commands(sub: Any) -> None:

@@ -115,6 +115,8 @@ class ExtractConfig(_Model):
     window: float | None = Field(None, gt=0, description="aggregate per window of this many seconds (None: one clip per video)")
     stride: float | None = Field(None, gt=0, description="seconds between window starts (default: the window)")
     adapters: list[str] = Field(default_factory=list, description="fitted adapters (hash or name) applied to each batch as it is written")
+    tag: str | None = Field(None, description="tag the table's version at the end of the run with this name (default run-<run id>)")
+    tag_run: bool = Field(True, description="tag the version at the end of the run at all (False: --no-tag)")
 
 
 class ErrorRecord(_Model):
@@ -148,11 +150,39 @@ class ExtractSummary(_Model):
     clips_written: int = Field(0, description="clip rows written by --aggregate")
     clip_tables: list[str] = Field(default_factory=list, description="clip tables written by --aggregate")
     adapted_tables: dict[str, int] = Field(default_factory=dict, description="rows written to each adapted table by --adapter")
+    version: int | None = Field(None, description="the feature table's version when the run ended")
+    tag: str | None = Field(None, description="the tag given to that version (None: --no-tag)")
     error_rate: float
     seconds: float
     images_per_second: float = Field(description="written rows per second of wall time")
     error_samples: list[ErrorRecord] = Field(default_factory=list, description="the first errors, for the summary")
     ok: bool = Field(description="false when nothing succeeded or max_error_rate was exceeded")
+
+
+class ManifestTable(_Model):
+    """One table of a store, as the manifest describes it."""
+
+    kind: str = Field(description="features, adapted, clips, centroids, catalog or other")
+    model_hash: str | None = Field(None, description="the model (or adapter) hash keying the table, for features/adapted/clips")
+    backbone: str | None = Field(None, description="backbone name, for features/adapted")
+    rows: int = Field(description="rows at the current version")
+    version: int = Field(description="current table version")
+    tags: dict[str, int] = Field(description="tag name -> version")
+    content_digest: str = Field(
+        description="SHA-256 over the rows' values in id order, without run_id/created_at: stable across compaction and reruns"
+    )
+    columns: list[str] = Field(description="column names")
+    card: dict[str, Any] | None = Field(None, description="the model card, for features/adapted")
+
+
+class Manifest(_Model):
+    """A store described for sharing and for DVC metrics (``featurestore manifest``)."""
+
+    format: str = Field(description="'featurestore-manifest/1'")
+    featurestore_version: str
+    store: str = Field(description="the store directory as given")
+    rows: int = Field(description="feature rows over all features/adapted tables")
+    tables: dict[str, ManifestTable] = Field(description="by table name")
 
 
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
@@ -162,4 +192,5 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "error_record": ErrorRecord,
     "token_layout": TokenLayout,
     "adapter_card": AdapterCard,
+    "manifest": Manifest,
 }

@@ -157,6 +157,9 @@ def run_extraction(
     adapted = _open_adapters(store, card, config.adapters)
     existing = frozenset(store.existing_ids(table))
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    tag = (config.tag or f"run-{run_id}") if config.tag_run else None
+    if tag is not None and tag in table.tags.list():  # before any work: the name is taken
+        raise ConfigError(f"table {card.table} already has a tag {tag!r}. Fix: --tag another name (or --no-tag).")
     backbone.to(device)
 
     dataset = SourceDataset(sources, preprocessor, existing, config.max_pixels, sample if n_videos else None)
@@ -231,6 +234,9 @@ def run_extraction(
     for ad in adapted:
         ad.finish(store)  # rows stored before this run (skipped above) are adapted too
         adapted_tables[ad.card.table] = ad.written
+    version = int(table.version)
+    if tag is not None:
+        table.tags.create(tag, version)  # a durable pin: cleanup never removes a tagged version
     seconds = time.perf_counter() - t0
     rate = len(errors) / len(sources) if sources else 0.0
     succeeded = written + skipped_existing + skipped_dup
@@ -252,6 +258,8 @@ def run_extraction(
         clips_written=clips_written,
         clip_tables=clip_tables,
         adapted_tables=adapted_tables,
+        version=version,
+        tag=tag,
         error_rate=rate,
         seconds=seconds,
         images_per_second=written / seconds if seconds > 0 else 0.0,

@@ -1,0 +1,101 @@
+"""CLI for looking after a store: ``tag``, ``compact``, ``cleanup`` and ``manifest``.
+
+Wired into :mod:`featurestore.cli` through ``_COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from featurestore.cli import _console, _print_json
+    from featurestore.readers import tag_version
+
+    v = tag_version(args.store, args.model, args.name, args.version)
+    if args.json:
+        _print_json({"model": args.model, "tag": args.name, "version": v})
+    else:
+        _console().print(f"tagged version {v} of {args.model} as {args.name}", markup=False, highlight=False)
+    return 0
+
+
+def _report(rows: list[dict[str, Any]], as_json: bool, title: str, cols: list[str]) -> None:
+    from featurestore.cli import _print_json, _table
+
+    if as_json:
+        _print_json(rows)
+    else:
+        _table(title, cols, [[r.get(c) for c in cols] for r in rows])
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from featurestore.maintenance import compact
+    from featurestore.store import Store
+
+    rows = compact(Store(args.store), args.model, cleanup=not args.keep_versions, tag=args.tag)
+    _report(rows, args.json, f"compacted {args.store}", ["table", "version_before", "version", "versions", "files_before", "files", "note"])
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from featurestore.maintenance import cleanup, parse_duration
+    from featurestore.store import Store
+
+    rows = cleanup(Store(args.store), args.model, older_than=parse_duration(args.older_than))
+    _report(rows, args.json, f"old versions cleaned in {args.store}", ["table", "versions_before", "versions", "note"])
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from featurestore.cli import _console, _print_json
+    from featurestore.manifest import build_manifest
+    from featurestore.store import Store
+
+    manifest = build_manifest(Store(args.store)).model_dump(mode="json")
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if args.json or not args.output:
+        _print_json(manifest)
+    else:
+        _console().print(
+            f"{len(manifest['tables'])} tables, {manifest['rows']} feature rows → {args.output}", markup=False, highlight=False
+        )
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``tag``, ``compact``, ``cleanup`` and ``manifest`` to the ``featurestore`` subparsers."""
+    tg = sub.add_parser("tag", help="tag a version of a model's table (readers pin it with --version NAME)")
+    tg.add_argument("name", help="the tag")
+    tg.add_argument("--store", "-s", required=True)
+    tg.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
+    tg.add_argument("--version", type=int, help="version to tag (default: the latest)")
+    tg.add_argument("--json", action="store_true")
+    tg.set_defaults(func=cmd_tag)
+
+    co = sub.add_parser("compact", help="rewrite tables into few files; then drop the files of untagged old versions")
+    co.add_argument("--store", "-s", required=True)
+    co.add_argument("--model", "-m", help="only this model's table (default: every table)")
+    co.add_argument("--tag", help="tag each compacted version with this name")
+    co.add_argument("--keep-versions", action="store_true", help="compact only; keep every old version")
+    co.add_argument("--json", action="store_true")
+    co.set_defaults(func=cmd_compact)
+
+    cl = sub.add_parser("cleanup", help="delete the files of old versions; tagged versions (and later ones) are kept")
+    cl.add_argument("--store", "-s", required=True)
+    cl.add_argument("--model", "-m", help="only this model's table (default: every table)")
+    cl.add_argument("--older-than", default="7d", help="versions committed longer ago than this: 7d, 12h, 30m, 0 (default 7d)")
+    cl.add_argument("--json", action="store_true")
+    cl.set_defaults(func=cmd_cleanup)
+
+    ma = sub.add_parser("manifest", help="describe a store as JSON: tables, cards, rows, versions, tags, content digests")
+    ma.add_argument("--store", "-s", required=True)
+    ma.add_argument("--output", "-o", help="write it to this file (DVC: a metrics file)")
+    ma.add_argument("--json", action="store_true", help="also print it when writing a file")
+    ma.set_defaults(func=cmd_manifest)

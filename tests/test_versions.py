@@ -1,0 +1,119 @@
+"""Run tags, compaction, cleanup that keeps tagged versions, and the store manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from featurestore import FeatureStore
+from featurestore.cli import main as cli_main
+from featurestore.config import Manifest
+from featurestore.errors import ConfigError
+from featurestore.maintenance import cleanup, compact, parse_duration
+from featurestore.manifest import build_manifest, content_digest
+from featurestore.readers import FeatureDataset, table_versions
+from featurestore.store import Store
+from featurestore.testing import write_images
+
+
+@pytest.fixture
+def images(tmp_path):
+    write_images(tmp_path / "a", 6, seed=0)
+    write_images(tmp_path / "b", 4, seed=50)
+    return tmp_path
+
+
+def _extract(store, images, model, sub="a", **kw):
+    return FeatureStore(store).extract([images / sub], backbone=f"hf:{model}", workers=0, batch_size=2, **kw)
+
+
+def test_each_run_tags_the_version_it_ends_at(tiny_dinov2, images, tmp_path):
+    store = tmp_path / "s"
+    first = _extract(store, images, tiny_dinov2)
+    assert first.tag == f"run-{first.run_id}" and first.version == Store(store).open_table(first.table).version
+    second = _extract(store, images, tiny_dinov2, sub="b", tag="paper-v1")
+    assert second.tag == "paper-v1" and second.version > first.version
+    info = table_versions(store, first.table)
+    assert info["tags"] == {first.tag: first.version, "paper-v1": second.version}
+    # a reader pinned to the first run's tag sees its 6 rows, not the 4 added later
+    assert len(FeatureDataset(store, first.table, version=first.tag)) == 6
+    assert len(FeatureDataset(store, first.table, version="paper-v1")) == 10
+    with pytest.raises(ConfigError, match="already has a tag 'paper-v1'"):
+        _extract(store, images, tiny_dinov2, sub="b", tag="paper-v1")
+    untagged = _extract(store, images, tiny_dinov2, sub="b", tag_run=False)
+    assert untagged.tag is None and set(table_versions(store, first.table)["tags"]) == {first.tag, "paper-v1"}
+
+
+def test_compaction_keeps_rows_digest_and_tagged_versions(tiny_dinov2, images, tmp_path):
+    store = tmp_path / "s"
+    first = _extract(store, images, tiny_dinov2, tag_run=False)  # 3 commits of 2 rows
+    _extract(store, images, tiny_dinov2, sub="b", tag="kept")  # 2 more commits
+    st = Store(store)
+    table = st.open_table(first.table)
+    before_digest, rows = content_digest(table)
+    before_versions = len(table.list_versions())
+    ids = sorted(FeatureDataset(store, first.table).ids)
+    (res,) = compact(st, first.table)
+    assert res["files_before"] > 1 and res["files"] == 1 and res["version"] > res["version_before"]
+    table = st.open_table(first.table)
+    assert content_digest(table) == (before_digest, rows) and rows == 10
+    assert sorted(FeatureDataset(store, first.table).ids) == ids
+    # versions before the tag went; the tagged one is still readable and says so
+    left = [int(v["version"]) for v in table.list_versions()]
+    tagged = table_versions(store, first.table)["tags"]["kept"]
+    assert min(left) == tagged and len(left) < before_versions  # the first run's 4 versions are gone
+    assert "tagged kept" in res["note"]
+    assert len(FeatureDataset(store, first.table, version="kept")) == 10
+
+
+def test_cleanup_without_tags_leaves_one_version_and_parses_durations(tiny_dinov2, images, tmp_path):
+    store = tmp_path / "s"
+    s = _extract(store, images, tiny_dinov2, tag_run=False)
+    st = Store(store)
+    (kept,) = cleanup(st, s.table, older_than=parse_duration("7d"))  # nothing that old (but compacted)
+    assert kept["versions"] >= kept["versions_before"] > 1
+    (res,) = cleanup(st, s.table, older_than=parse_duration("0"))
+    assert res["versions"] == 1 and len(FeatureDataset(store, s.table)) == 6
+    assert parse_duration("12h").total_seconds() == 43200
+    with pytest.raises(ConfigError, match="NUMBER followed by d, h, m or s"):
+        parse_duration("soon")
+
+
+def test_manifest_digest_equals_across_clean_reruns_and_differs_with_content(tiny_dinov2, images, tmp_path):
+    a, b = tmp_path / "a_store", tmp_path / "b_store"
+    sa = _extract(a, images, tiny_dinov2, tag_run=False)
+    sb = FeatureStore(b).extract([images / "a"], backbone=f"hf:{tiny_dinov2}", workers=0, batch_size=4, tag_run=False)
+    ma, mb = build_manifest(Store(a)), build_manifest(Store(b))
+    ta, tb = ma.tables[sa.table], mb.tables[sb.table]
+    assert ta.kind == "features" and ta.rows == 6 and ta.model_hash == sa.model_hash and ta.card["table"] == sa.table
+    # other batch size, other commits, other files: the same features, the same digest
+    assert ta.content_digest == tb.content_digest and ma.rows == mb.rows == 6
+    assert ma.tables["models"].kind == "catalog"
+    _extract(b, images, tiny_dinov2, sub="b", tag_run=False)
+    assert build_manifest(Store(b)).tables[sb.table].content_digest != ta.content_digest
+    Manifest.model_validate_json(ma.model_dump_json())  # the schema in schemas/manifest.schema.json
+
+
+def test_cli_tag_compact_cleanup_manifest(tiny_dinov2, images, tmp_path, capsys):
+    store = tmp_path / "s"
+    s = _extract(store, images, tiny_dinov2, tag_run=False)
+    st = str(store)
+    assert cli_main(["tag", "v1", "-s", st, "-m", s.table, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"model": s.table, "tag": "v1", "version": s.version}
+    assert cli_main(["tag", "v1", "-s", st, "-m", s.table]) == 2
+    assert "already has a tag" in capsys.readouterr().err
+    assert cli_main(["compact", "-s", st, "--tag", "compacted", "--json"]) == 0
+    rows = {r["table"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[s.table]["files"] == 1
+    assert table_versions(store, s.table)["tags"]["compacted"] == rows[s.table]["version"]
+    assert cli_main(["cleanup", "-s", st, "--older-than", "0", "--json"]) == 0
+    assert all(r["versions"] >= 1 for r in json.loads(capsys.readouterr().out))
+    out = tmp_path / "m" / "manifest.json"
+    assert cli_main(["manifest", "-s", st, "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "featurestore-manifest/1" and doc["tables"][s.table]["rows"] == 6
+    assert set(doc["tables"][s.table]["tags"]) == {"v1", "compacted"}
+    assert cli_main(["cleanup", "-s", st, "--older-than", "later"]) == 2
+    shutil.rmtree(store)
