@@ -1,4 +1,4 @@
-"""CLI for looking after a store: ``tag``, ``compact``, ``cleanup`` and ``manifest``.
+"""CLI for looking after a store: ``tag``, ``compact``, ``cleanup``, ``verify`` and ``manifest``.
 
 Wired into :mod:`featurestore.cli` through ``_COMMAND_MODULES``.
 """
@@ -69,6 +69,26 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from featurestore.cli import _console, _print_json
+    from featurestore.verify import verify
+
+    rep = verify(
+        args.store, args.model, sample=args.sample, weights=args.weights, seed=args.seed,
+        atol=args.atol, patch_cos=args.patch_cos, device=args.device,
+    )
+    if args.json:
+        _print_json(rep.as_dict())
+    else:
+        c = _console()
+        status = "ok" if rep.ok else "FAILED"
+        c.print(f"verify {rep.table} (model {rep.model_hash[:12]}, weights {rep.weights}): {status}", markup=False, highlight=False)
+        c.print(rep.message, markup=False, highlight=False, soft_wrap=True)
+        for reason, n in rep.skipped.items():
+            c.print(f"  skipped {n}: {reason}", markup=False, highlight=False)
+    return 0 if rep.ok else 1
+
+
 def add_commands(sub: Any) -> None:
     """Add ``tag``, ``compact``, ``cleanup`` and ``manifest`` to the ``featurestore`` subparsers."""
     tg = sub.add_parser("tag", help="tag a version of a model's table (readers pin it with --version NAME)")
@@ -93,6 +113,18 @@ def add_commands(sub: Any) -> None:
     cl.add_argument("--older-than", default="7d", help="versions committed longer ago than this: 7d, 12h, 30m, 0 (default 7d)")
     cl.add_argument("--json", action="store_true")
     cl.set_defaults(func=cmd_cleanup)
+
+    ve = sub.add_parser("verify", help="re-extract a sample of stored rows from their sources and report drift (exit 1 on drift)")
+    ve.add_argument("--store", "-s", required=True)
+    ve.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
+    ve.add_argument("--sample", type=int, default=32, help="rows to re-extract, chosen at random (seeded; default 32)")
+    ve.add_argument("--weights", help="load the weights from here instead of where the card says")
+    ve.add_argument("--seed", type=int, default=0)
+    ve.add_argument("--atol", type=float, default=1e-4, help="largest allowed |cls difference| (default 1e-4)")
+    ve.add_argument("--patch-cos", type=float, default=0.999, help="smallest allowed cosine of a patch token (default 0.999)")
+    ve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    ve.add_argument("--json", action="store_true")
+    ve.set_defaults(func=cmd_verify)
 
     ma = sub.add_parser("manifest", help="describe a store as JSON: tables, cards, rows, versions, tags, content digests")
     ma.add_argument("--store", "-s", required=True)

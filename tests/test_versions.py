@@ -117,3 +117,39 @@ def test_cli_tag_compact_cleanup_manifest(tiny_dinov2, images, tmp_path, capsys)
     assert set(doc["tables"][s.table]["tags"]) == {"v1", "compacted"}
     assert cli_main(["cleanup", "-s", st, "--older-than", "later"]) == 2
     shutil.rmtree(store)
+
+
+# -- drift -----------------------------------------------------------------------------------
+
+
+def test_verify_reextracts_and_catches_changed_weights_and_files(tiny_dinov2, images, tmp_path, capsys):
+    from featurestore.verify import verify
+
+    store = tmp_path / "s"
+    s = FeatureStore(store).extract([images / "a"], backbone=f"hf:{tiny_dinov2}", dense=True, workers=0, batch_size=3)
+    rep = verify(store, s.table, sample=4)
+    assert rep.ok and rep.weights_ok and rep.checked == 4 and rep.max_abs_cls <= 1e-4 and rep.min_cos_patches > 0.999
+    # a source file changed since extraction is reported, not compared
+    victim = sorted((images / "a").iterdir())[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    rep = verify(store, s.table, sample=6)
+    assert rep.checked == 5 and rep.skipped == {"source changed since extraction": 1} and rep.ok
+    # a tolerance below the batched-vs-single forward noise fails with the figures
+    strict = verify(store, s.table, sample=6, atol=-1.0)
+    assert not strict.ok and "drifted" in strict.message
+    # other weights: refused before anything is compared
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dinov2, other)
+    (w,) = other.glob("*.safetensors")
+    tensors = load_file(str(w))
+    k = sorted(tensors)[0]
+    tensors[k] = tensors[k] + 1
+    save_file(tensors, str(w))
+    bad = verify(store, s.table, sample=2, weights=str(other))
+    assert not bad.ok and not bad.weights_ok and bad.checked == 0 and "not the one that made" in bad.message
+    assert cli_main(["verify", "-s", str(store), "-m", s.table, "--sample", "2", "--weights", str(other)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert cli_main(["verify", "-s", str(store), "-m", s.table, "--sample", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checked"] == 3

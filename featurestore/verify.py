@@ -1,0 +1,150 @@
+"""Drift verification: re-extract a sample of stored rows from their sources and compare.
+
+``verify`` first checks that the weights found today are the ones the table was made with
+(weight digest, then the model hash recomputed from today's preprocessing / output spec /
+decode policy). It then re-reads a seeded random sample of image rows from their ``uri``,
+checks the bytes still hash to the row id (a changed file is reported, not compared), runs
+decode → preprocess → forward exactly as extraction does, and compares with the stored
+vectors: ``cls`` by max absolute difference (``atol``) and cosine; patch tokens, stored as
+float16, by cosine (``patch_cos``).
+
+Re-extraction on the same platform with the same batch composition is bit-identical;
+one image at a time (as here) may differ from a batched forward in the last float32 bits
+(BLAS blocks sums by batch size), hence a tolerance rather than equality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from featurestore.errors import ConfigError, FeatureStoreError
+from featurestore.store import Store
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_PATCH_COS = 0.999
+
+
+@dataclass
+class VerifyReport:
+    """What ``featurestore verify`` found (``as_dict`` for JSON)."""
+
+    table: str
+    model_hash: str
+    weights: str  # what was loaded
+    weights_ok: bool
+    checked: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    max_abs_cls: float = 0.0
+    min_cos_cls: float = 1.0
+    min_cos_patches: float | None = None
+    atol: float = DEFAULT_ATOL
+    patch_cos: float = DEFAULT_PATCH_COS
+    worst: list[dict[str, Any]] = field(default_factory=list)  # the rows that differ most
+    ok: bool = False
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=-1)
+    nb = np.linalg.norm(b, axis=-1)
+    return (a * b).sum(-1) / np.maximum(na * nb, 1e-12)
+
+
+def verify(
+    store: Store | str,
+    model: str,
+    *,
+    sample: int = 32,
+    weights: str | None = None,
+    seed: int = 0,
+    atol: float = DEFAULT_ATOL,
+    patch_cos: float = DEFAULT_PATCH_COS,
+    device: str = "cpu",
+) -> VerifyReport:
+    """Re-extract ``sample`` stored image rows of ``model`` and compare (see the module doc)."""
+    from featurestore.api import create_backbone
+    from featurestore.extract import resolve_device
+    from featurestore.readers import FeatureDataset
+    from featurestore.search import encode_image, verify_image_backbone
+
+    st = store if isinstance(store, Store) else Store(store)
+    card = st.card(model)
+    if card.adapter is not None:
+        raise ConfigError(
+            f"{card.table} holds adapted features; verify the model they come from (--model {card.adapter.base_table}): "
+            "the adapter's tensors are checked against their digest whenever they are loaded."
+        )
+    if sample < 1:
+        raise ConfigError(f"--sample {sample}: verify at least 1 row.")
+    source = weights if weights is not None else card.weights_arg
+    report = VerifyReport(card.table, card.model_hash, source or card.weights_source, False, atol=atol, patch_cos=patch_cos)
+    backbone = create_backbone(card.backbone, source)
+    try:
+        verify_image_backbone(backbone, card)
+    except FeatureStoreError as exc:
+        report.message = f"the model loaded now is not the one that made {card.table}: {exc}"
+        return report
+    report.weights_ok = True
+    dev = resolve_device(device)
+    backbone.to(dev)
+    columns = ["cls", "uri"] + (["patches"] if card.dense else [])
+    ds = FeatureDataset(st.path, card.table, columns=columns, where="video_id IS NULL")
+    skipped: dict[str, int] = {}
+    n_video = st.open_table(card.table).count_rows("video_id IS NOT NULL") if "video_id" in ds.schema.names else 0
+    if n_video:
+        skipped["video frames (not re-decoded)"] = n_video
+    pick = np.sort(np.random.default_rng(seed).choice(len(ds), min(sample, len(ds)), replace=False)) if len(ds) else []
+    diffs: list[dict[str, Any]] = []
+    patch_cos_min: float | None = None
+    for item in ds.__getitems__(list(pick)) if len(pick) else []:
+        uri = item["uri"]
+        try:
+            with open(uri, "rb") as f:
+                data = f.read()
+        except OSError:
+            skipped["source missing"] = skipped.get("source missing", 0) + 1
+            continue
+        if hashlib.sha256(data).hexdigest() != item["id"]:
+            skipped["source changed since extraction"] = skipped.get("source changed since extraction", 0) + 1
+            continue
+        enc = encode_image(backbone, card, uri, dev, dense=card.dense)
+        stored = item["cls"].numpy()
+        d = float(np.max(np.abs(enc["cls"] - stored)))
+        c = float(_cos(enc["cls"], stored))
+        row = {"id": item["id"], "uri": uri, "max_abs_cls": d, "cos_cls": c}
+        if card.dense and enc["patches"] is not None:
+            pc = float(np.min(_cos(enc["patches"].astype(np.float16).astype(np.float32), item["patches"].numpy())))
+            row["min_cos_patches"] = pc
+            patch_cos_min = pc if patch_cos_min is None else min(patch_cos_min, pc)
+        diffs.append(row)
+    report.checked = len(diffs)
+    report.skipped = skipped
+    if diffs:
+        report.max_abs_cls = max(r["max_abs_cls"] for r in diffs)
+        report.min_cos_cls = min(r["cos_cls"] for r in diffs)
+        report.worst = sorted(diffs, key=lambda r: -r["max_abs_cls"])[:5]
+    report.min_cos_patches = patch_cos_min
+    drift = report.max_abs_cls > atol or (patch_cos_min is not None and patch_cos_min < patch_cos)
+    if not diffs:
+        report.message = f"no stored image row of {card.table} could be re-read from its source ({skipped or 'no image rows'})."
+    elif drift:
+        report.message = (
+            f"features drifted: max |cls difference| {report.max_abs_cls:.3g} (tolerance {atol:g}), min cls cosine "
+            f"{report.min_cos_cls:.6f}" + (f", min patch cosine {patch_cos_min:.6f} (tolerance {patch_cos:g})" if patch_cos_min is not None else "")
+            + ". The weights match, so preprocessing or numerics changed: compare library_versions in the card with this "
+            "environment."
+        )
+    else:
+        report.ok = True
+        report.message = f"{len(diffs)} rows re-extracted within tolerance (max |cls difference| {report.max_abs_cls:.3g})."
+    return report
+
+
+__all__ = ["VerifyReport", "verify"]
