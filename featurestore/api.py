@@ -188,7 +188,9 @@ class FeatureStore:
         backbone.to(resolve_device(device))
         return card, backbone
 
-    def search(self, ref: str, text: str, *, k: int = 10, weights: str | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+    def search(
+        self, ref: str, text: str, *, k: int = 10, weights: str | None = None, device: str = "cpu", version: int | str | None = None
+    ) -> list[dict[str, Any]]:
         """Stored images of model ``ref`` nearest to ``text`` (cosine of ``cls`` and the text embedding).
 
         Returns:
@@ -200,7 +202,7 @@ class FeatureStore:
             raise ConfigError("--text is empty. Fix: describe what to find, e.g. --text 'a photo of a dog'.")
         card, backbone = self.text_backbone(ref, weights=weights, device=device)
         query = text_embeddings(backbone, [text])[0]
-        return search(self.store.open_table(card.table), query, k)
+        return search(self._open(card, version), query, k)
 
     def classify(
         self,
@@ -210,6 +212,7 @@ class FeatureStore:
         templates: Sequence[str] | None = None,
         weights: str | None = None,
         device: str = "cpu",
+        version: int | str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Zero-shot labels for every stored image of model ``ref``; nothing is re-extracted.
 
@@ -228,7 +231,7 @@ class FeatureStore:
         temps = check_templates(templates if templates else DEFAULT_TEMPLATES)
         card, backbone = self.text_backbone(ref, weights=weights, device=device)
         emb = label_embeddings(backbone, names, temps)
-        return classify(self.store.open_table(card.table), emb, names, backbone.zero_shot_head())
+        return classify(self._open(card, version), emb, names, backbone.zero_shot_head())
 
     # -- nearest neighbours: by image, id or vector; patch-level MaxSim; ANN index ---------
     def search_vector(
@@ -242,6 +245,7 @@ class FeatureStore:
         refine_factor: int | None = None,
         ef: int | None = None,
         query: dict[str, Any] | None = None,
+        version: int | str | None = None,
     ) -> "SearchResult":
         """Stored rows of model ``ref`` nearest to ``vector`` (D,) by cosine similarity of ``cls``.
 
@@ -255,6 +259,7 @@ class FeatureStore:
                 (index only; default per index kind, see :data:`featurestore.search.DEFAULT_REFINE`).
             ef: HNSW candidate list size (HNSW kinds only; LanceDB's default 1.5 k).
             query: what the query was, echoed in the result.
+            version: search this table version (number or tag) instead of the latest.
 
         Returns:
             :class:`featurestore.search.SearchResult`: ``hits`` ``{rank, score, uri, id}`` best
@@ -264,13 +269,24 @@ class FeatureStore:
 
         card = self.card(ref)
         q = as_query_vector(vector, card.dim, "the query vector")
-        table = self.store.open_table(card.table)
+        table = self._open(card, version)
         info = query if query is not None else {"kind": "vector"}
         if "cls" not in table.schema.names and card.adapter is not None:  # integer codes: decode and compare
             from featurestore.readers import FeatureDataset
 
-            return knn_decoded(FeatureDataset(self.store.path, card.table, columns=["cls"]), q, k, query_info=info)
+            ds = FeatureDataset(self.store.path, card.table, columns=["cls"], version=version)
+            return knn_decoded(ds, q, k, query_info=info)
         return knn(table, q, k, query_info=info, exact=exact, nprobes=nprobes, refine_factor=refine_factor, ef=ef)
+
+    def _open(self, card: ModelCard, version: int | str | None) -> Any:
+        """``card``'s table, checked out at ``version`` (a number or tag; None: the latest)."""
+        from featurestore.readers import resolve_version
+
+        table = self.store.open_table(card.table)
+        if version is not None:
+            v, _ = resolve_version(table, version)
+            table.checkout(v)
+        return table
 
     # -- domain adapters ---------------------------------------------------------------
     def fit_adapter(
@@ -325,7 +341,7 @@ class FeatureStore:
         from featurestore.search import stored_row
 
         card = self.card(ref)
-        table = self.store.open_table(card.table)
+        table = self._open(card, kw.get("version"))
         if "cls" in table.schema.names:
             row = stored_row(table, row_id, ["cls"])
             vec = np.asarray(row["cls"], np.float32)
@@ -374,6 +390,7 @@ class FeatureStore:
         exact: bool = False,
         weights: str | None = None,
         device: str = "cpu",
+        version: int | str | None = None,
     ) -> "SearchResult":
         """Rows whose patch tokens best match the query's (MaxSim), for a dense table.
 
@@ -393,7 +410,7 @@ class FeatureStore:
         if (image is None) == (row_id is None):
             raise ConfigError("patch search needs exactly one query: an image or a stored row id.")
         card = self.card(ref)
-        table = self.store.open_table(card.table)
+        table = self._open(card, version)
         if not card.dense or "patches" not in table.schema.names:
             raise ConfigError(
                 f"table {card.table} holds no patch tokens (extracted without --dense). Fix: extract again "

@@ -21,7 +21,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from featurestore.cli import _console, _print_json, _table
     from featurestore.probe import probe
 
-    res = probe(args.store, args.model, args.labels, features=args.features, folds=args.folds, seed=args.seed, l2=args.l2, k=args.knn_k)
+    res = probe(
+        args.store, args.model, args.labels, features=args.features, folds=args.folds, seed=args.seed, l2=args.l2, k=args.knn_k,
+        version=args.version,
+    )
     if args.json:
         _print_json(res.as_dict())
         return 0
@@ -139,6 +142,7 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("--folds", type=int, default=5, help="stratified folds (default 5)")
     pr.add_argument("--features", choices=["cls", "cls+meanpatch"], default="cls", help="cls, or cls + mean patch token (dense tables)")
     pr.add_argument("--seed", type=int, default=0, help="seeds the folds and the inner validation split (default 0)")
+    pr.add_argument("--version", help="probe this table version (number or tag; default the latest)")
     pr.add_argument("--l2", type=float, help="fixed L2 penalty (default: chosen per fold by inner validation)")
     pr.add_argument("--knn-k", type=int, default=20, help="neighbours for the k-NN probe (default 20, capped at the training size)")
     pr.add_argument("--json", action="store_true")

@@ -18,7 +18,10 @@ from featurestore.errors import ConfigError
 
 
 def _ann_kw(args: argparse.Namespace) -> dict[str, Any]:
-    return {"k": args.k, "exact": args.exact, "nprobes": args.nprobes, "refine_factor": args.refine_factor, "ef": args.ef}
+    return {
+        "k": args.k, "exact": args.exact, "nprobes": args.nprobes, "refine_factor": args.refine_factor, "ef": args.ef,
+        "version": args.version,
+    }
 
 
 def _text(args: argparse.Namespace) -> int:
@@ -35,7 +38,7 @@ def _text(args: argparse.Namespace) -> int:
         query = text_embeddings(backbone, [args.text])[0]
         hits = fs.search_vector(card.table, query, query={"kind": "text", "text": args.text}, **_ann_kw(args)).hits
     else:  # the original text search, unchanged
-        hits = fs.search(args.model, args.text, k=args.k, weights=args.weights, device=args.device)
+        hits = fs.search(args.model, args.text, k=args.k, weights=args.weights, device=args.device, version=args.version)
     if args.json:
         _print_json(hits)
     else:
@@ -76,7 +79,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ConfigError("--nprobes / --refine-factor / --ef tune the cls index; patch search takes only --exact.")
         res = fs.search_patches(
             args.model, image=args.image, row_id=args.id, region=args.region, k=args.k, exact=args.exact,
-            weights=args.weights, device=args.device,
+            weights=args.weights, device=args.device, version=args.version,
         )
     elif args.image is not None:
         res = fs.search_image(args.model, args.image, weights=args.weights, device=args.device, **_ann_kw(args))
@@ -147,6 +150,7 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--vector", metavar="FILE", help=".npy file holding one vector of the table's width (D,)")
     se.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     se.add_argument("--exact", action="store_true", help="compare every row even if the table has an ANN index")
+    se.add_argument("--version", help="search this table version (number or tag) instead of the latest")
     se.add_argument("--nprobes", type=int, help="IVF partitions to search with an index (default 20)")
     se.add_argument("--refine-factor", type=int, help="re-rank k*F index candidates with the stored vectors (default per kind)")
     se.add_argument("--ef", type=int, help="HNSW candidate list size (ivf_hnsw_* indexes)")

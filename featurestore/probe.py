@@ -122,7 +122,7 @@ def _mean_patches(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return sums / counts[:, None].astype(np.float32)
 
 
-def load_probe_data(store: Any, model: str, labels: str | Path, features: str = "cls") -> ProbeData:
+def load_probe_data(store: Any, model: str, labels: str | Path, features: str = "cls", version: int | str | None = None) -> ProbeData:
     """Join ``labels`` to ``model``'s table (pinned at its latest version) and read the features.
 
     Raises:
@@ -134,7 +134,9 @@ def load_probe_data(store: Any, model: str, labels: str | Path, features: str = 
     if features not in FEATURES:
         raise ConfigError(f"--features {features!r} is not one of {', '.join(FEATURES)}.")
     lab, key = read_label_file(labels)
-    ds = FeatureDataset(store, model, columns=["cls"], labels=lab, label_key=key, label_columns=["label"], drop_missing_labels=True)
+    ds = FeatureDataset(
+        store, model, columns=["cls"], labels=lab, label_key=key, label_columns=["label"], drop_missing_labels=True, version=version
+    )
     if features == "cls+meanpatch" and "patches" not in ds.schema.names:
         raise ConfigError(
             f"--features cls+meanpatch needs patch tokens, but table {ds.table_name} was extracted without --dense. "
@@ -380,7 +382,7 @@ def _cross_validate(data: ProbeData, folds: int, seed: int, l2: float | None, k:
 
 def probe(
     store: Any, model: str, labels: str | Path, *, features: str = "cls", folds: int = 5, seed: int = 0,
-    l2: float | None = None, k: int = KNN_K,
+    l2: float | None = None, k: int = KNN_K, version: int | str | None = None,
 ) -> ProbeResult:
     """Cross-validated linear (logistic regression) and k-NN probes of ``model``'s features.
 
@@ -393,10 +395,11 @@ def probe(
         seed: seeds the folds and the inner validation split.
         l2: fixed L2 penalty; None chooses one per fold from :data:`L2_GRID`.
         k: neighbours for the k-NN probe (capped at the training size).
+        version: probe this table version (number or tag) instead of the latest.
 
     Returns:
         :class:`ProbeResult`: accuracy mean ± std over folds, per-class accuracy and the
         confusion matrix (pooled over folds) for both probes; ``matched`` of ``labelled``
         label rows found in the table.
     """
-    return run_probe(load_probe_data(store, model, labels, features), folds=folds, seed=seed, l2=l2, k=k)
+    return run_probe(load_probe_data(store, model, labels, features, version), folds=folds, seed=seed, l2=l2, k=k)

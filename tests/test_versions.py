@@ -153,3 +153,26 @@ def test_verify_reextracts_and_catches_changed_weights_and_files(tiny_dinov2, im
     assert "FAILED" in capsys.readouterr().out
     assert cli_main(["verify", "-s", str(store), "-m", s.table, "--sample", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["checked"] == 3
+
+
+def test_reading_commands_take_a_version_or_tag(tiny_dinov2, images, tmp_path, capsys):
+    from featurestore.probe import probe
+
+    store = tmp_path / "s"
+    first = _extract(store, images, tiny_dinov2, tag="first")
+    _extract(store, images, tiny_dinov2, sub="b")
+    fs = FeatureStore(store)
+    old_ids = set(FeatureDataset(store, first.table, version="first").ids)
+    query = sorted(old_ids)[0]
+    hits = fs.search_id(first.table, query, k=10, version="first").hits
+    assert len(hits) == 6 and {h["id"] for h in hits} == old_ids
+    assert len(fs.search_id(first.table, query, k=10).hits) == 10
+    assert cli_main(["search", "-s", str(store), "-m", first.table, "--id", query, "-k", "10", "--version", str(first.version), "--json"]) == 0
+    assert {h["id"] for h in json.loads(capsys.readouterr().out)["hits"]} == old_ids
+    assert cli_main(["search", "-s", str(store), "-m", first.table, "--id", query, "--version", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    labels = tmp_path / "labels.csv"
+    every = FeatureDataset(store, first.table, columns=["uri"]).to_numpy(["uri"])
+    labels.write_text("id,label\n" + "".join(f"{i},{'ab'[n % 2]}\n" for n, i in enumerate(every["id"])))
+    assert probe(store, first.table, labels, folds=2, version="first").matched == 6
+    assert probe(store, first.table, labels, folds=2).matched == 10
