@@ -10,6 +10,7 @@ tag's commit. Versions older than it go; the tagged version and everything after
 
 from __future__ import annotations
 
+import warnings
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -70,7 +71,9 @@ def compact(store: Store, model: str | None = None, *, cleanup: bool = True, tag
         table.optimize()  # compaction + index update; no cleanup here (see below)
         note = None
         if cleanup:
-            note = _cleanup(table, timedelta(0))
+            with warnings.catch_warnings():  # LanceDB warns that older versions go: that is what compact is for
+                warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")
+                note = _cleanup(table, timedelta(0))
         if tag is not None:
             table.tags.create(tag, int(table.version))
         out.append(
