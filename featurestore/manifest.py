@@ -3,7 +3,8 @@ its contents. It is what a team shares ("these exact features") and what DVC rec
 metric (``featurestore manifest -s DIR -o manifest.json``).
 
 The content digest is over the rows' values only, in id order: not over files, row order,
-fragments, versions, or the run bookkeeping columns (``run_id``, ``created_at``). So it is
+fragments, versions, or the run bookkeeping columns (``run_id``, ``created_at``, also left
+out of the catalogs' card JSON). So it is
 unchanged by compaction, and two clean extractions of the same images with the same model
 give the same digest when their features are bit-identical.
 """
@@ -11,7 +12,9 @@ give the same digest when their features are bit-identical.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,15 +22,31 @@ import pyarrow as pa
 
 from featurestore import __version__
 from featurestore.config import Manifest, ManifestTable
+from featurestore.errors import ConfigError
+from featurestore.hashing import canonical_json
 from featurestore.store import ERRORS_TABLE, MODELS_TABLE, Store
 
 MANIFEST_FORMAT = "featurestore-manifest/1"
-#: columns that record when and by which run a row was written, not what it holds
+#: columns (and card fields) that record when and by which run a row was written, not what it holds
 VOLATILE = frozenset({"run_id", "created_at"})
 _CHUNK = 4096
 
 
-def _cell_bytes(col: pa.Array) -> list[bytes]:
+def _drop_times(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_times(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [_drop_times(v) for v in obj]
+    return obj
+
+
+def _card_bytes(text: str | None) -> bytes:
+    if text is None:
+        return b""
+    return canonical_json(_drop_times(json.loads(text))).encode()
+
+
+def _cell_bytes(col: pa.Array, name: str = "") -> list[bytes]:
     """One canonical byte string per row of ``col`` (nulls distinct from any value)."""
     t = col.type
     valid = col.is_valid().to_numpy(zero_copy_only=False)
@@ -42,6 +61,8 @@ def _cell_bytes(col: pa.Array) -> list[bytes]:
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
         vals = col.fill_null(False if pa.types.is_boolean(t) else 0).to_numpy(zero_copy_only=False)
         rows = [np.asarray(v).tobytes() for v in vals]
+    elif name == "card" and pa.types.is_string(t):  # a catalog's card JSON: without its timestamps
+        rows = [_card_bytes(v) for v in col.to_pylist()]
     else:  # strings, timestamps and anything else: their Python value's repr is stable
         rows = [repr(v).encode() for v in col.to_pylist()]
     return [b"\x01" + r if ok else b"\x00" for r, ok in zip(rows, valid)]
@@ -58,7 +79,7 @@ def content_digest(table: Any) -> tuple[str, int]:
     key = "id" if "id" in cols else cols[0]
     row_hashes: list[tuple[Any, bytes]] = []
     for batch in table.search().select(cols).limit(None).to_batches(_CHUNK):
-        parts = [_cell_bytes(batch.column(c)) for c in cols]
+        parts = [_cell_bytes(batch.column(c), c) for c in cols]
         keys = batch.column(key).to_pylist()
         for i, k in enumerate(keys):
             h = hashlib.sha256()
@@ -90,6 +111,8 @@ def _kinds(store: Store) -> dict[str, tuple[str, Any]]:
 
 def build_manifest(store: Store) -> Manifest:
     """Describe every table of ``store`` (see the module docstring for the digest)."""
+    if not Path(store.path).is_dir():
+        raise ConfigError(f"store {store.path!r} does not exist. Fix: pass the directory given to featurestore extract --store.")
     kinds = _kinds(store)
     tables: dict[str, ManifestTable] = {}
     total = 0

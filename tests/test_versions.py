@@ -177,3 +177,20 @@ def test_reading_commands_take_a_version_or_tag(tiny_dinov2, images, tmp_path, c
     labels.write_text("id,label\n" + "".join(f"{i},{'ab'[n % 2]}\n" for n, i in enumerate(every["id"])))
     assert probe(store, first.table, labels, folds=2, version="first").matched == 6
     assert probe(store, first.table, labels, folds=2).matched == 10
+
+
+def test_catalog_digests_leave_out_card_timestamps_and_a_missing_store_is_an_error(tiny_dinov2, images, tmp_path):
+    store = tmp_path / "s"
+    _extract(store, images, tiny_dinov2, tag_run=False)
+    st = Store(store)
+    before = build_manifest(st).tables["models"].content_digest
+    models = st.db.open_table("models")
+    card = json.loads(models.to_arrow().column("card")[0].as_py())
+    card["created_at"] = "2000-01-01T00:00:00Z"  # what a clean rerun changes in the catalog
+    models.update(values={"card": json.dumps(card)}, where="true")
+    assert build_manifest(st).tables["models"].content_digest == before
+    card["dim"] += 1  # a real change is seen
+    models.update(values={"card": json.dumps(card)}, where="true")
+    assert build_manifest(st).tables["models"].content_digest != before
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_manifest(Store(tmp_path / "typo"))
