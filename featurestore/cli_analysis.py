@@ -104,7 +104,9 @@ def cmd_show_patches(args: argparse.Namespace) -> int:
 def cmd_show_search(args: argparse.Namespace) -> int:
     from featurestore.pictures import search_picture
 
-    info = search_picture(args.store, args.model, args.output, row_id=args.id, image=args.image, k=args.k, cols=args.cols)
+    info = search_picture(
+        args.store, args.model, args.output, row_id=args.id, image=args.image, k=args.k, cols=args.cols, version=args.version
+    )
     _print_picture(args, info, f"query {info['query']['id'][:12]} and {len(info['hits'])} nearest rows")
     return 0
 
@@ -118,7 +120,7 @@ def cmd_show_map(args: argparse.Namespace) -> int:
         raise ConfigError("--k picks the cluster column; it goes with --color-by cluster.")
     info = map_picture(
         args.store, args.model, args.output, color_by=args.color_by, labels=args.labels, k=args.k, method=args.method,
-        max_points=args.max_points, seed=args.seed,
+        max_points=args.max_points, seed=args.seed, version=args.version,
     )
     _print_picture(args, info, f"{info['method'].upper()} map of {info['points']} rows")
     return 0
@@ -181,6 +183,7 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--id", help="a stored row id (or a unique prefix of >= 6 hex)")
     q.add_argument("--image", help="an image file whose content is stored")
     se.add_argument("-k", type=int, default=8, help="neighbours to show (default 8)")
+    se.add_argument("--version", help="table version (number or tag; default the latest)")
     se.add_argument("--cols", type=int, default=5, help="grid columns (default 5)")
     se.add_argument("--output", "-o", required=True, help="PNG file to write")
     se.add_argument("--json", action="store_true")
@@ -194,6 +197,7 @@ def add_commands(sub: Any) -> None:
     mp.add_argument("--method", choices=["auto", "pca", "umap"], default="auto", help="auto = UMAP when installed, else PCA")
     mp.add_argument("--max-points", type=int, default=20000, help="rows drawn at most, a seeded sample beyond (default 20000)")
     mp.add_argument("--seed", type=int, default=0)
+    mp.add_argument("--version", help="table version (number or tag; default the latest)")
     mp.add_argument("--output", "-o", required=True, help="PNG file to write")
     mp.add_argument("--json", action="store_true")
     mp.set_defaults(func=cmd_show_map)

@@ -54,13 +54,16 @@ def _save(fig: Any, out: str | Path) -> dict[str, Any]:
     return {"path": str(path), "width": round(w), "height": round(h)}
 
 
-def _open_table(store: Any, model: str) -> tuple[Any, Any]:
-    from featurestore.readers import _store_path
+def _open_table(store: Any, model: str, version: int | str | None = None) -> tuple[Any, Any]:
+    from featurestore.readers import _store_path, resolve_version
     from featurestore.store import Store
 
     st = Store(_store_path(store))
     card = st.card(model)
-    return card, st.open_table(card.table)
+    table = st.open_table(card.table)
+    if version is not None:
+        table.checkout(resolve_version(table, version)[0])
+    return card, table
 
 
 def _image_id(image: str | Path) -> tuple[str, bytes]:
@@ -254,11 +257,13 @@ def patch_picture(
 # -- search grid -------------------------------------------------------------------------------
 
 
-def top_k_cosine(store: Any, model: str, query: np.ndarray, k: int, exclude: str | None = None) -> list[dict[str, Any]]:
+def top_k_cosine(
+    store: Any, model: str, query: np.ndarray, k: int, exclude: str | None = None, version: int | str | None = None
+) -> list[dict[str, Any]]:
     """The ``k`` stored rows of highest cosine of ``cls`` to ``query``, best first (one scan)."""
     from featurestore.readers import FeatureDataset
 
-    ds = FeatureDataset(store, model, columns=["cls", "uri"])
+    ds = FeatureDataset(store, model, columns=["cls", "uri"], version=version)
     q = np.asarray(query, np.float64)
     q = q / (np.linalg.norm(q) or 1.0)
     best_s, best_id, best_uri = np.empty(0), [], []
@@ -298,7 +303,7 @@ def _thumbnail(uri: str | None, row_id: str) -> tuple[np.ndarray | None, str]:
 
 def search_picture(
     store: Any, model: str, out: str | Path, *, row_id: str | None = None, image: str | Path | None = None,
-    k: int = 8, cols: int = 5,
+    k: int = 8, cols: int = 5, version: int | str | None = None,
 ) -> dict[str, Any]:
     """PNG grid: the query row, then its ``k`` nearest stored rows (cosine of ``cls``) with scores.
 
@@ -309,7 +314,7 @@ def search_picture(
         raise ConfigError("show search needs exactly one query: --id ID or --image PATH (a stored image).")
     if k < 1 or cols < 1:
         raise ConfigError(f"-k {k} / --cols {cols}: both must be at least 1.")
-    _, table = _open_table(store, model)
+    _, table = _open_table(store, model, version)
     if image is not None:
         ref, _ = _image_id(image)
         row = _row(table, ref, ["cls"])
@@ -319,7 +324,7 @@ def search_picture(
         row = _row(table, str(row_id), ["cls"])
         if row is None:
             raise ConfigError(f"no row with id {row_id!r} in table {table.name}. Fix: take an id from `featurestore export` or search output.")
-    hits = top_k_cosine(store, table.name, np.asarray(row["cls"]), k, exclude=row["id"])
+    hits = top_k_cosine(store, table.name, np.asarray(row["cls"]), k, exclude=row["id"], version=version)
     cells = [(row["uri"], row["id"], "query")] + [(h["uri"], h["id"], f"#{h['rank']}  {h['score']:.3f}") for h in hits]
     ncols = min(cols, len(cells))
     nrows = math.ceil(len(cells) / ncols)
@@ -386,6 +391,7 @@ def _palette(n: int) -> list[tuple[float, ...]]:
 def map_picture(
     store: Any, model: str, out: str | Path, *, color_by: str | None = None, labels: str | Path | None = None,
     k: int | None = None, method: str = "auto", max_points: int = 20000, seed: int = 0, legend: bool = True,
+    version: int | str | None = None,
 ) -> dict[str, Any]:
     """PNG scatter of every stored row's ``cls`` in 2-D (see :func:`embed_2d`).
 
@@ -404,7 +410,7 @@ def map_picture(
         raise ConfigError("--color-by label needs --labels FILE (columns id or uri, and label).")
     if max_points < 1:
         raise ConfigError(f"--max-points {max_points}: must be at least 1.")
-    _, table = _open_table(store, model)
+    _, table = _open_table(store, model, version)
     extra: list[str] = []
     if color_by == "cluster":
         ks = cluster_columns(table.schema)
@@ -417,7 +423,7 @@ def map_picture(
                 f"Fix: run `featurestore cluster --model {table.name} --k K` first{', or pass --k' if len(ks) > 1 else ''}."
             )
         extra = [f"cluster_k{k}"]
-    ds = FeatureDataset(store, table.name, columns=["uri", *extra])
+    ds = FeatureDataset(store, table.name, columns=["uri", *extra], version=version)
     ids = list(ds.ids)
     if len(ids) > max_points:  # a seeded sample, in table order
         pick = np.sort(np.random.default_rng(seed).choice(len(ids), max_points, replace=False))

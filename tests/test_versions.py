@@ -194,3 +194,17 @@ def test_catalog_digests_leave_out_card_timestamps_and_a_missing_store_is_an_err
     assert build_manifest(st).tables["models"].content_digest != before
     with pytest.raises(ConfigError, match="does not exist"):
         build_manifest(Store(tmp_path / "typo"))
+
+
+def test_pictures_read_a_version(tiny_dinov2, images, tmp_path):
+    pytest.importorskip("matplotlib", reason="pictures need matplotlib (the viz extra; dev installs it)")
+    from featurestore.pictures import map_picture, search_picture
+
+    store = tmp_path / "s"
+    first = _extract(store, images, tiny_dinov2, tag="first")
+    _extract(store, images, tiny_dinov2, sub="b")
+    query = FeatureDataset(store, first.table, version="first").ids[0]
+    old = search_picture(store, first.table, tmp_path / "g.png", row_id=query, k=8, version="first")
+    new = search_picture(store, first.table, tmp_path / "h.png", row_id=query, k=8)
+    assert len(old["hits"]) == 5 and len(new["hits"]) == 8  # the query itself is left out
+    assert map_picture(store, first.table, tmp_path / "m.png", method="pca", version="first")["points"] == 6
