@@ -445,7 +445,13 @@ def encode_image(backbone: Any, card: ModelCard, path: str, device: Any, *, dens
             data = f.read()
     except OSError as exc:
         raise ConfigError(f"--image {path!r}: cannot read it ({exc.strerror}). Fix: check the path.") from None
-    img = decode_image(data, path)
+    return encode_pil(backbone, card, decode_image(data, path), device, dense=dense)
+
+
+def encode_pil(backbone: Any, card: ModelCard, img: Any, device: Any, *, dense: bool) -> dict[str, Any]:
+    """Preprocess and forward one decoded RGB image (or video frame) as extraction does."""
+    import torch
+
     pre = backbone.preprocessor()(img)
     layers = tuple(card.layers) if card.layers is not None else None
     with torch.inference_mode():
@@ -471,6 +477,7 @@ __all__ = [
     "build_index",
     "drop_index",
     "encode_image",
+    "encode_pil",
     "index_info",
     "knn",
     "load_vector",

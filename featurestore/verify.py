@@ -4,7 +4,8 @@
 (weight digest, then the model hash recomputed from today's preprocessing / output spec /
 decode policy). It then re-reads a seeded random sample of image rows from their ``uri``,
 checks the bytes still hash to the row id (a changed file is reported, not compared), runs
-decode → preprocess → forward exactly as extraction does, and compares with the stored
+decode → preprocess → forward exactly as extraction does (video frames: decoded again
+from the start of the file until the frame with the row's presentation time), and compares with the stored
 vectors: ``cls`` by max absolute difference (``atol``) and cosine; patch tokens, stored as
 float16, by cosine (``patch_cos``).
 
@@ -57,6 +58,30 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.maximum(na * nb, 1e-12)
 
 
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _find_frame(uri: str, video_id: str, row_id: str) -> Any:
+    """The decoded frame whose id (video hash + exact presentation time) is ``row_id``:
+    frames are decoded in order from the start until it comes (the sampling spec of the
+    run is not recorded, the frame's identity is)."""
+    from featurestore.loader import frame_id
+    from featurestore.video import SampleSpec, iter_frames
+
+    try:
+        for frame in iter_frames(uri, SampleSpec("every", 1), uri=uri):
+            if frame_id(video_id, frame.pts, frame.time_base) == row_id:
+                return frame.image
+    except Exception:  # a stream that fails to decode now: the frame is not found again
+        return None
+    return None
+
+
 def verify(
     store: Store | str,
     model: str,
@@ -72,7 +97,7 @@ def verify(
     from featurestore.api import create_backbone
     from featurestore.extract import resolve_device
     from featurestore.readers import FeatureDataset
-    from featurestore.search import encode_image, verify_image_backbone
+    from featurestore.search import encode_image, encode_pil, verify_image_backbone
 
     st = store if isinstance(store, Store) else Store(store)
     card = st.card(model)
@@ -94,27 +119,30 @@ def verify(
     report.weights_ok = True
     dev = resolve_device(device)
     backbone.to(dev)
-    columns = ["cls", "uri"] + (["patches"] if card.dense else [])
-    ds = FeatureDataset(st.path, card.table, columns=columns, where="video_id IS NULL")
+    columns = ["cls", "uri", "video_id"] + (["patches"] if card.dense else [])
+    ds = FeatureDataset(st.path, card.table, columns=columns)
     skipped: dict[str, int] = {}
-    n_video = st.open_table(card.table).count_rows("video_id IS NOT NULL") if "video_id" in ds.schema.names else 0
-    if n_video:
-        skipped["video frames (not re-decoded)"] = n_video
     pick = np.sort(np.random.default_rng(seed).choice(len(ds), min(sample, len(ds)), replace=False)) if len(ds) else []
     diffs: list[dict[str, Any]] = []
     patch_cos_min: float | None = None
     for item in ds.__getitems__(list(pick)) if len(pick) else []:
         uri = item["uri"]
         try:
-            with open(uri, "rb") as f:
-                data = f.read()
+            digest = _file_sha256(uri)
         except OSError:
             skipped["source missing"] = skipped.get("source missing", 0) + 1
             continue
-        if hashlib.sha256(data).hexdigest() != item["id"]:
+        if digest != (item["video_id"] or item["id"]):
             skipped["source changed since extraction"] = skipped.get("source changed since extraction", 0) + 1
             continue
-        enc = encode_image(backbone, card, uri, dev, dense=card.dense)
+        if item["video_id"] is None:
+            enc = encode_image(backbone, card, uri, dev, dense=card.dense)
+        else:
+            frame = _find_frame(uri, item["video_id"], item["id"])
+            if frame is None:
+                skipped["video frame not found again"] = skipped.get("video frame not found again", 0) + 1
+                continue
+            enc = encode_pil(backbone, card, frame, dev, dense=card.dense)
         stored = item["cls"].numpy()
         d = float(np.max(np.abs(enc["cls"] - stored)))
         c = float(_cos(enc["cls"], stored))

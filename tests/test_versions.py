@@ -208,3 +208,18 @@ def test_pictures_read_a_version(tiny_dinov2, images, tmp_path):
     new = search_picture(store, first.table, tmp_path / "h.png", row_id=query, k=8)
     assert len(old["hits"]) == 5 and len(new["hits"]) == 8  # the query itself is left out
     assert map_picture(store, first.table, tmp_path / "m.png", method="pca", version="first")["points"] == 6
+
+
+def test_verify_decodes_video_frames_again(tiny_dinov2, tmp_path):
+    from featurestore.testing import write_video
+    from featurestore.verify import verify
+
+    (tmp_path / "v").mkdir()
+    video = write_video(tmp_path / "v" / "clip.mp4", n_frames=20, fps=10, rotation=90)
+    store = tmp_path / "s"
+    s = FeatureStore(store).extract([video], backbone=f"hf:{tiny_dinov2}", sample="uniform:4", workers=0)
+    assert s.frames_written == 4
+    rep = verify(store, s.table, sample=4)
+    assert rep.ok and rep.checked == 4 and rep.skipped == {} and rep.max_abs_cls <= 1e-4
+    video.write_bytes(video.read_bytes()[:-10])  # another file now: its hash is not the video id
+    assert verify(store, s.table, sample=4).skipped == {"source changed since extraction": 4}
