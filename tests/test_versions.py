@@ -63,7 +63,9 @@ def test_compaction_keeps_rows_digest_and_tagged_versions(tiny_dinov2, images, t
     # versions before the tag went; the tagged one is still readable and says so
     left = [int(v["version"]) for v in table.list_versions()]
     tagged = table_versions(store, first.table)["tags"]["kept"]
-    assert min(left) == tagged and len(left) < before_versions  # the first run's 4 versions are gone
+    # the first run's versions are gone (versions committed within the 10 ms margin before
+    # the tag may stay)
+    assert tagged in left and min(left) > first.version and len(left) < before_versions
     assert "tagged kept" in res["note"]
     assert len(FeatureDataset(store, first.table, version="kept")) == 10
 
