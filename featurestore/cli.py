@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--store", "-s", required=True)
     cl.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
     cl.add_argument("--labels", "-l", required=True, help="comma-separated labels, or @file with one label per line")
-    cl.add_argument("--version", help="classify the rows of this table version (number or tag; default the latest)")
+    cl.add_argument("--version", "--tag", dest="version", help="classify the rows of this table version (number or tag; default the latest)")
     cl.add_argument(
         "--template",
         action="append",

@@ -103,7 +103,7 @@ def add_commands(sub: Any) -> None:
     ex.add_argument("--columns", default="cls", help="comma-separated: cls, patches, uri, … (default cls)")
     ex.add_argument("--where", help="LanceDB SQL filter, e.g. \"video_id IS NULL\"")
     ex.add_argument("--ids", help="only these ids, in this order: id,id,… or @file (one per line)")
-    ex.add_argument("--version", help="table version number or tag (default: the latest)")
+    ex.add_argument("--version", "--tag", dest="version", help="table version number or tag (default: the latest)")
     ex.add_argument("--expect-hash", help="fail unless the model hash starts with this (≥ 6 hex digits)")
     ex.add_argument("--layer", type=int, help="--layers tables: only this stored block's slice")
     ex.add_argument("--labels", help="label table (.parquet/.csv/.tsv) to join; its columns go to Parquet")

@@ -150,7 +150,7 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--vector", metavar="FILE", help=".npy file holding one vector of the table's width (D,)")
     se.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     se.add_argument("--exact", action="store_true", help="compare every row even if the table has an ANN index")
-    se.add_argument("--version", help="search this table version (number or tag) instead of the latest")
+    se.add_argument("--version", "--tag", dest="version", help="search this table version (number or tag) instead of the latest")
     se.add_argument("--nprobes", type=int, help="IVF partitions to search with an index (default 20)")
     se.add_argument("--refine-factor", type=int, help="re-rank k*F index candidates with the stored vectors (default per kind)")
     se.add_argument("--ef", type=int, help="HNSW candidate list size (ivf_hnsw_* indexes)")

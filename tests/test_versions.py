@@ -225,3 +225,12 @@ def test_verify_decodes_video_frames_again(tiny_dinov2, tmp_path):
     assert rep.ok and rep.checked == 4 and rep.skipped == {} and rep.max_abs_cls <= 1e-4
     video.write_bytes(video.read_bytes()[:-10])  # another file now: its hash is not the video id
     assert verify(store, s.table, sample=4).skipped == {"source changed since extraction": 4}
+
+
+def test_tag_is_another_name_for_version_on_reading_commands(tiny_dinov2, images, tmp_path, capsys):
+    store = tmp_path / "s"
+    first = _extract(store, images, tiny_dinov2, tag="first")
+    _extract(store, images, tiny_dinov2, sub="b")
+    out = tmp_path / "x.parquet"
+    assert cli_main(["export", "-s", str(store), "-m", first.table, "-o", str(out), "--tag", "first", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 6
