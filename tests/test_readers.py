@@ -306,7 +306,8 @@ def test_forked_dataloader_workers_are_refused_with_the_fix(synth):
     # so a FeatureDataset refuses to read in one instead of crashing now and then
     path, _ = synth
     ds = FeatureDataset(path, "toy", columns=["cls"])
-    forked = DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context=multiprocessing.get_context("fork"))
+    # timeout: a worker that hung in LanceDB's after-fork hook fails the test instead of stalling it
+    forked = DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context=multiprocessing.get_context("fork"), timeout=120)
     with pytest.raises(ConfigError, match="forked process.*ds.loader"):
         next(iter(forked))
     assert len(list(ds.loader(4, num_workers=1))) == -(-len(ds) // 4)  # the fix it names works
