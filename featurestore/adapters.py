@@ -28,7 +28,7 @@ import pyarrow as pa
 import torch
 
 from featurestore.adapter import OUT_DTYPES, Adapter
-from featurestore.clips import parse_aggregator
+from featurestore.clips import parse_spec
 from featurestore.config import AdapterCard, ModelCard
 from featurestore.errors import ConfigError, StoreError, UnknownModelError
 from featurestore.hashing import model_hash, weights_sha256
@@ -54,10 +54,7 @@ ADAPTERS_SCHEMA = pa.schema(
 
 def parse_adapter(text: str) -> tuple[str, dict[str, Any]]:
     """``NAME`` or ``NAME:key=value[,key=value]`` (values are JSON literals when they parse)."""
-    try:
-        return parse_aggregator(text)
-    except ConfigError as exc:  # same syntax; say "adapter" in the message
-        raise ConfigError(str(exc).replace("aggregator", "adapter").replace("trimmed-mean:proportion=0.2", "project:dim=64")) from None
+    return parse_spec(text, "adapter", "project:dim=64", "pca-whiten, quantize")
 
 
 def build_adapter(name: str, params: dict[str, Any]) -> tuple[Adapter, Any]:
@@ -264,16 +261,14 @@ def _save_state(path: Path, state: dict[str, np.ndarray]) -> None:
 # -- the adapted table -----------------------------------------------------------------
 
 
-def adapted_schema(card: AdapterCard, base_schema: pa.Schema) -> pa.Schema:
-    """The base table's columns, with ``cls`` (and ``patches``) replaced by the adapter's output."""
+def adapted_schema(card: AdapterCard) -> pa.Schema:
+    """A feature table's columns, with ``cls`` (and ``patches``) replaced by the adapter's output.
+    Other columns of the base (cluster assignments …) describe base rows, not adapted ones."""
     out = feature_schema(card.out_dim, card.patches)
     fields = list(out)
     if card.out_dtype != "float32":
         i = out.get_field_index("cls")
         fields[i] = pa.field("codes", pa.list_(_ARROW_INT[card.out_dtype], card.out_dim))
-    # video columns etc. come from the feature schema; anything else of the base (cluster
-    # assignments …) describes base rows, not adapted ones, and is left out
-    del base_schema
     return pa.schema(fields)
 
 
@@ -356,8 +351,7 @@ def open_adapted(store: Store, card: AdapterCard) -> tuple[ModelCard, Any]:
     """Register the adapted table (once) and return its model card and table."""
     base = store.card(card.base_model_hash)
     mcard = adapted_model_card(base, card)
-    base_schema = store.open_table(base.table).schema
-    return mcard, store.register_model(mcard, schema=adapted_schema(card, base_schema))
+    return mcard, store.register_model(mcard, schema=adapted_schema(card))
 
 
 def _base_chunks(table: Any, columns: Sequence[str], skip: set[str], chunk: int) -> Iterator[pa.Table]:

@@ -61,39 +61,49 @@ class AggregateResult:
         return dict(self.__dict__)
 
 
-def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
-    """Parse ``NAME`` or ``NAME:key=value[,key=value]``.
+def parse_spec(
+    text: str, kind: str = "aggregator", example: str = "trimmed-mean:proportion=0.2", names: str = "mean, meanmax"
+) -> tuple[str, dict[str, Any]]:
+    """Parse ``NAME`` or ``NAME:key=value[,key=value]`` (an aggregator or adapter spec).
 
     Values are JSON literals when they parse as one (``0.2`` → float, ``true`` → bool) and
     stripped strings otherwise. Whether a parameter exists and its value is acceptable is
-    for the aggregator's factory to say; this only splits the text.
+    for the plugin's factory to say; this only splits the text. ``kind``, ``example`` and
+    ``names`` (plain names to suggest) word the error messages.
 
     Raises:
         ConfigError: no name, a parameter that is not ``key=value``, an empty key or value,
             or the same key twice (keeping the last would hash a spec nobody wrote).
     """
+    ex_param = example.partition(":")[2]
+    ex_value = ex_param.partition("=")[2]
     if not isinstance(text, str):
-        raise ConfigError(f"aggregator {text!r} is a {type(text).__name__}, not text. Fix: e.g. 'trimmed-mean:proportion=0.2'.")
+        raise ConfigError(f"{kind} {text!r} is a {type(text).__name__}, not text. Fix: e.g. '{example}'.")
     name, _, rest = text.strip().partition(":")
     name = name.strip()
     if not name:
-        raise ConfigError(f"aggregator {text!r} has no name. Fix: e.g. mean, meanmax or trimmed-mean:proportion=0.2.")
+        raise ConfigError(f"{kind} {text!r} has no name. Fix: e.g. {names} or {example}.")
     params: dict[str, Any] = {}
     for part in (p.strip() for p in rest.split(",")):
         if not part:  # "mean:" or a trailing comma: nothing to parse
             continue
         key, eq, value = (x.strip() for x in part.partition("="))
         if not eq or not key:
-            raise ConfigError(f"aggregator {text!r}: parameter {part!r} is not key=value. Fix: e.g. {name}:proportion=0.2.")
+            raise ConfigError(f"{kind} {text!r}: parameter {part!r} is not key=value. Fix: e.g. {name}:{ex_param}.")
         if not value:
-            raise ConfigError(f"aggregator {text!r}: parameter {key!r} has no value after '='. Fix: e.g. {name}:{key}=0.2.")
+            raise ConfigError(f"{kind} {text!r}: parameter {key!r} has no value after '='. Fix: e.g. {name}:{key}={ex_value}.")
         if key in params:
-            raise ConfigError(f"aggregator {text!r} gives {key!r} twice. Fix: keep one {key}=… .")
+            raise ConfigError(f"{kind} {text!r} gives {key!r} twice. Fix: keep one {key}=… .")
         try:
             params[key] = json.loads(value)
         except ValueError:
             params[key] = value
     return name, params
+
+
+def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
+    """Parse an aggregator spec ``NAME[:key=value,…]`` (see :func:`parse_spec`)."""
+    return parse_spec(text)
 
 
 def load_aggregators(specs: Sequence[str]) -> list[Aggregator]:
@@ -325,4 +335,4 @@ def clip_tables(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["AggregateResult", "aggregate_videos", "clip_tables", "load_aggregators", "parse_aggregator", "windows"]
+__all__ = ["AggregateResult", "aggregate_videos", "clip_tables", "load_aggregators", "parse_aggregator", "parse_spec", "windows"]

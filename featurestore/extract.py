@@ -154,7 +154,7 @@ def run_extraction(
         start_worker_server(preprocessor)  # its imports overlap hashing and opening the store
     card = build_card(backbone, config.backbone, dense=config.dense, layers=layers, weights_arg=config.weights)
     table = store.register_model(card)
-    adapted = _open_adapters(store, card, config.adapters)
+    adapted = [_OnTheFly(store, card, ref) for ref in config.adapters]  # checked before any image is read
     existing = frozenset(store.existing_ids(table))
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     tag = (config.tag or f"run-{run_id}") if config.tag_run else None
@@ -297,11 +297,6 @@ class _OnTheFly:
         from featurestore.adapters import apply_adapter
 
         self.written += apply_adapter(store, self.card.adapter_hash).written
-
-
-def _open_adapters(store: Store, card: ModelCard, refs: list[str]) -> list[_OnTheFly]:
-    """Every ``--adapter`` checked against this run's model before any image is read."""
-    return [_OnTheFly(store, card, ref) for ref in refs]
 
 
 def _forward_rows(

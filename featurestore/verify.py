@@ -16,7 +16,6 @@ one image at a time (as here) may differ from a batched forward in the last floa
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,14 +57,6 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.maximum(na * nb, 1e-12)
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _find_frame(uri: str, video_id: str, row_id: str) -> Any:
     """The decoded frame whose id (video hash + exact presentation time) is ``row_id``:
     frames are decoded in order from the start until it comes (the sampling spec of the
@@ -96,6 +87,7 @@ def verify(
     """Re-extract ``sample`` stored image rows of ``model`` and compare (see the module doc)."""
     from featurestore.api import create_backbone
     from featurestore.extract import resolve_device
+    from featurestore.loader import _file_sha256
     from featurestore.readers import FeatureDataset
     from featurestore.search import encode_image, encode_pil, verify_image_backbone
 
