@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,6 @@ import pyarrow as pa
 
 from featurestore import __version__
 from featurestore.config import Manifest, ManifestTable
-from featurestore.errors import ConfigError
 from featurestore.hashing import canonical_json
 from featurestore.store import ERRORS_TABLE, MODELS_TABLE, Store
 
@@ -111,8 +109,7 @@ def _kinds(store: Store) -> dict[str, tuple[str, Any]]:
 
 def build_manifest(store: Store) -> Manifest:
     """Describe every table of ``store`` (see the module docstring for the digest)."""
-    if not Path(store.path).is_dir():
-        raise ConfigError(f"store {store.path!r} does not exist. Fix: pass the directory given to featurestore extract --store.")
+    store.check_exists()
     kinds = _kinds(store)
     tables: dict[str, ManifestTable] = {}
     total = 0
