@@ -189,7 +189,8 @@ class FeatureStore:
     def text_backbone(
         self, ref: str, *, weights: str | None = None, device: str = "cpu", roots: RootsArg = None
     ) -> tuple[ModelCard, Backbone]:
-        """The model card of ``ref`` and its backbone loaded again for text, checked to be the same model."""
+        """The model card of ``ref`` and its backbone loaded again for text, checked to be the same model
+        (loaded as :meth:`reload_backbone`; every text and image query method takes ``roots`` too)."""
         from featurestore.zeroshot import check_text_card, verify_backbone
 
         card = self.card(ref)

@@ -4,9 +4,10 @@ metric (``featurestore manifest -s DIR -o manifest.json``).
 
 The content digest is over the rows' values only, in id order: not over files, row order,
 fragments, versions, or the run bookkeeping columns (``run_id``, ``created_at``, also left
-out of the catalogs' card JSON). So it is
+out of the catalogs' card JSON), nor ``uri``: it is where the source was (an absolute path),
+not what it held, which the row ``id`` (the SHA-256 of its bytes) already says. So it is
 unchanged by compaction, and two clean extractions of the same images with the same model
-give the same digest when their features are bit-identical.
+give the same digest when their features are bit-identical, wherever the images lie.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from featurestore.store import ERRORS_TABLE, MODELS_TABLE, Store
 MANIFEST_FORMAT = "featurestore-manifest/1"
 #: columns (and card fields) that record when and by which run a row was written, not what it holds
 VOLATILE = frozenset({"run_id", "created_at"})
+#: columns that say where a row's source lies (absolute paths differ between copies of a dataset)
+LOCATION = frozenset({"uri"})
 _CHUNK = 4096
 
 
@@ -73,7 +76,7 @@ def content_digest(table: Any) -> tuple[str, int]:
     first column's values.
     """
     schema = table.schema
-    cols = [f.name for f in schema if f.name not in VOLATILE]
+    cols = [f.name for f in schema if f.name not in VOLATILE | LOCATION]
     key = "id" if "id" in cols else cols[0]
     row_hashes: list[tuple[Any, bytes]] = []
     for batch in table.search().select(cols).limit(None).to_batches(_CHUNK):

@@ -10,7 +10,7 @@ import pytest
 from featurestore import FeatureStore
 from featurestore.cli import main as cli_main
 from featurestore.config import Manifest
-from featurestore.errors import ConfigError
+from featurestore.errors import ConfigError, StoreNotFoundError
 from featurestore.maintenance import cleanup, compact, parse_duration
 from featurestore.manifest import build_manifest, content_digest
 from featurestore.readers import FeatureDataset, table_versions
@@ -194,8 +194,9 @@ def test_catalog_digests_leave_out_card_timestamps_and_a_missing_store_is_an_err
     card["dim"] += 1  # a real change is seen
     models.update(values={"card": json.dumps(card)}, where="true")
     assert build_manifest(st).tables["models"].content_digest != before
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(StoreNotFoundError, match="does not exist"):
         build_manifest(Store(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()
 
 
 def test_pictures_read_a_version(tiny_dinov2, images, tmp_path):
