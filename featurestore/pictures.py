@@ -350,7 +350,8 @@ def search_picture(
         if pic is None:
             ax.imshow(np.full((8, 8, 3), 0.85))
             if note == "missing":
-                missing.append(uri or rid)
+                if (uri or rid) not in missing:  # video frames share their file's uri
+                    missing.append(uri or rid)
                 note = "missing:\n" + _wrap(uri or rid, 24)
             ax.text(3.5, 3.5, note, ha="center", va="center", fontsize=6, color="C3" if note.startswith("missing") else "black")
         else:

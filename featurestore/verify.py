@@ -45,7 +45,7 @@ class VerifyReport:
     atol: float = DEFAULT_ATOL
     patch_cos: float = DEFAULT_PATCH_COS
     worst: list[dict[str, Any]] = field(default_factory=list)  # the rows that differ most
-    missing: list[str] = field(default_factory=list)  # stored uris of sampled rows whose source is not there
+    missing: list[str] = field(default_factory=list)  # stored uris (each once) of sampled rows whose source is not there
     ok: bool = False
     message: str = ""
 
@@ -134,7 +134,8 @@ def verify(
             digest = _file_sha256(path)
         except OSError:
             skipped["source missing"] = skipped.get("source missing", 0) + 1
-            report.missing.append(uri)
+            if uri not in report.missing:  # frames of one video share their uri
+                report.missing.append(uri)
             continue
         if digest != (item["video_id"] or item["id"]):
             skipped["source changed since extraction"] = skipped.get("source changed since extraction", 0) + 1

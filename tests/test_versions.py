@@ -224,6 +224,13 @@ def test_verify_decodes_video_frames_again(tiny_dinov2, tmp_path):
     assert s.frames_written == 4
     rep = verify(store, s.table, sample=4)
     assert rep.ok and rep.checked == 4 and rep.skipped == {} and rep.max_abs_cls <= 1e-4
+    # a moved video: its frames are missing (the file named once), then found under --root
+    shutil.move(tmp_path / "v", tmp_path / "w")
+    gone = verify(store, s.table, sample=4)
+    assert gone.skipped == {"source missing": 4} and gone.missing == [str(video)] and not gone.ok
+    back = verify(store, s.table, sample=4, roots={str(tmp_path / "v"): str(tmp_path / "w")})
+    assert back.ok and back.checked == 4 and back.missing == []
+    shutil.move(tmp_path / "w", tmp_path / "v")
     video.write_bytes(video.read_bytes()[:-10])  # another file now: its hash is not the video id
     assert verify(store, s.table, sample=4).skipped == {"source changed since extraction": 4}
 
