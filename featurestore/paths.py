@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 
 from featurestore.errors import ConfigError, SourceMissingError, WeightsNotFoundError
+
+if TYPE_CHECKING:
+    from featurestore.config import ModelCard
 
 Roots = Sequence[tuple[str, str]]
 RootsArg = Union[Mapping[str, str], Iterable[Union[str, tuple[str, str]]], None]
@@ -194,7 +197,7 @@ def _missing_weights(table: str, recorded: str, now: str, mapped: bool, what: st
     )
 
 
-def reload_args(card: object, weights: str | None = None, roots: RootsArg = None) -> tuple[str, str | None]:
+def reload_args(card: "ModelCard", weights: str | None = None, roots: RootsArg = None) -> tuple[str, str | None]:
     """``(backbone name, weights)`` that load ``card``'s model again, from any directory.
 
     ``weights`` (the user's ``--weights``) wins; else the card's resolved locations with the
@@ -205,9 +208,9 @@ def reload_args(card: object, weights: str | None = None, roots: RootsArg = None
         WeightsNotFoundError: a recorded local location is not there (and no ``weights`` given).
     """
     pairs = parse_roots(roots)
-    table = getattr(card, "table")
-    name = getattr(card, "backbone_resolved", None) or getattr(card, "backbone")
-    split = _name_path(name) if getattr(card, "backbone_resolved", None) else None
+    table = card.table
+    name = card.backbone_resolved or card.backbone
+    split = _name_path(name) if card.backbone_resolved else None
     if split is not None:
         prefix, path = split
         now = apply_roots(path, pairs)
@@ -216,9 +219,9 @@ def reload_args(card: object, weights: str | None = None, roots: RootsArg = None
             raise _missing_weights(table, f"loaded from {path}", now, now != path, "backbone")
     if weights is not None:
         return name, weights
-    recorded = getattr(card, "weights_resolved", None)
+    recorded = card.weights_resolved
     if recorded is None:
-        return name, getattr(card, "weights_arg")
+        return name, card.weights_arg
     now = apply_roots(recorded, pairs)
     if not os.path.exists(now):
         raise _missing_weights(table, f"read from {recorded}", now, now != recorded, "--weights")
