@@ -17,6 +17,7 @@ from featurestore.sources import expand_sources
 from featurestore.store import Store
 
 if TYPE_CHECKING:
+    from featurestore.paths import RootsArg
     from featurestore.search import SearchResult
 
 
@@ -177,19 +178,38 @@ class FeatureStore:
         return self.store.errors(run_id)
 
     # -- language-aligned models: text search and zero-shot classification -------
-    def text_backbone(self, ref: str, *, weights: str | None = None, device: str = "cpu") -> tuple[ModelCard, Backbone]:
-        """The model card of ``ref`` and its backbone loaded again for text, checked to be the same model."""
+    def reload_backbone(self, card: ModelCard, *, weights: str | None = None, roots: RootsArg = None) -> Backbone:
+        """Load ``card``'s model again, from the weights location its card records (absolute,
+        so from any directory; ``roots`` re-root it, ``weights`` overrides it). Not yet checked
+        against the card: :meth:`text_backbone` and :meth:`image_backbone` do that."""
+        from featurestore.paths import reload_args
+
+        return self.backbone(*reload_args(card, weights, roots))
+
+    def text_backbone(
+        self, ref: str, *, weights: str | None = None, device: str = "cpu", roots: RootsArg = None
+    ) -> tuple[ModelCard, Backbone]:
+        """The model card of ``ref`` and its backbone loaded again for text, checked to be the same model
+        (loaded as :meth:`reload_backbone`; every text and image query method takes ``roots`` too)."""
         from featurestore.zeroshot import check_text_card, verify_backbone
 
         card = self.card(ref)
         check_text_card(card)
-        backbone = self.backbone(card.backbone, weights if weights is not None else card.weights_arg)
+        backbone = self.reload_backbone(card, weights=weights, roots=roots)
         verify_backbone(backbone, card)
         backbone.to(resolve_device(device))
         return card, backbone
 
     def search(
-        self, ref: str, text: str, *, k: int = 10, weights: str | None = None, device: str = "cpu", version: int | str | None = None
+        self,
+        ref: str,
+        text: str,
+        *,
+        k: int = 10,
+        weights: str | None = None,
+        device: str = "cpu",
+        version: int | str | None = None,
+        roots: RootsArg = None,
     ) -> list[dict[str, Any]]:
         """Stored images of model ``ref`` nearest to ``text`` (cosine of ``cls`` and the text embedding).
 
@@ -200,7 +220,7 @@ class FeatureStore:
 
         if not text.strip():
             raise ConfigError("--text is empty. Fix: describe what to find, e.g. --text 'a photo of a dog'.")
-        card, backbone = self.text_backbone(ref, weights=weights, device=device)
+        card, backbone = self.text_backbone(ref, weights=weights, device=device, roots=roots)
         query = text_embeddings(backbone, [text])[0]
         return search(self._open(card, version), query, k)
 
@@ -213,6 +233,7 @@ class FeatureStore:
         weights: str | None = None,
         device: str = "cpu",
         version: int | str | None = None,
+        roots: RootsArg = None,
     ) -> Iterator[dict[str, Any]]:
         """Zero-shot labels for every stored image of model ``ref``; nothing is re-extracted.
 
@@ -229,7 +250,7 @@ class FeatureStore:
 
         names = parse_list(labels, "labels")
         temps = check_templates(templates if templates else DEFAULT_TEMPLATES)
-        card, backbone = self.text_backbone(ref, weights=weights, device=device)
+        card, backbone = self.text_backbone(ref, weights=weights, device=device, roots=roots)
         emb = label_embeddings(backbone, names, temps)
         return classify(self._open(card, version), emb, names, backbone.zero_shot_head())
 
@@ -350,7 +371,9 @@ class FeatureStore:
             vec = self.adapter(ref).decode(np.asarray([row["codes"]]))[0].astype(np.float32)
         return self.search_vector(ref, vec, query={"kind": "id", "id": row["id"], "uri": row["uri"]}, **kw)
 
-    def image_backbone(self, ref: str, *, weights: str | None = None, device: str = "cpu") -> tuple[ModelCard, Backbone]:
+    def image_backbone(
+        self, ref: str, *, weights: str | None = None, device: str = "cpu", roots: RootsArg = None
+    ) -> tuple[ModelCard, Backbone]:
         """The card of ``ref`` and its backbone loaded again, checked to reproduce the stored features.
 
         For an adapted table, the card and backbone of its base model (queries are encoded
@@ -360,13 +383,13 @@ class FeatureStore:
         card = self.card(ref)
         if card.adapter is not None:
             card = self.card(card.adapter.base_model_hash)
-        backbone = self.backbone(card.backbone, weights if weights is not None else card.weights_arg)
+        backbone = self.reload_backbone(card, weights=weights, roots=roots)
         verify_image_backbone(backbone, card)
         backbone.to(resolve_device(device))
         return card, backbone
 
     def search_image(
-        self, ref: str, path: str | Path, *, weights: str | None = None, device: str = "cpu", **kw: Any
+        self, ref: str, path: str | Path, *, weights: str | None = None, device: str = "cpu", roots: RootsArg = None, **kw: Any
     ) -> "SearchResult":
         """Rows nearest to the image at ``path``, encoded by the model of ``ref`` loaded again.
 
@@ -375,7 +398,7 @@ class FeatureStore:
         """
         from featurestore.search import encode_image
 
-        card, backbone = self.image_backbone(ref, weights=weights, device=device)
+        card, backbone = self.image_backbone(ref, weights=weights, device=device, roots=roots)
         enc = encode_image(backbone, card, str(path), resolve_device(device), dense=False)
         return self.search_vector(ref, self._to_table_space(ref, enc["cls"]), query={"kind": "image", "path": str(path)}, **kw)
 
@@ -391,6 +414,7 @@ class FeatureStore:
         weights: str | None = None,
         device: str = "cpu",
         version: int | str | None = None,
+        roots: RootsArg = None,
     ) -> "SearchResult":
         """Rows whose patch tokens best match the query's (MaxSim), for a dense table.
 
@@ -417,7 +441,7 @@ class FeatureStore:
                 f"with --dense, or search by cls without --patches."
             )
         if image is not None:
-            card, backbone = self.image_backbone(ref, weights=weights, device=device)
+            card, backbone = self.image_backbone(ref, weights=weights, device=device, roots=roots)
             enc = encode_image(backbone, card, str(image), resolve_device(device), dense=True)
             tokens, grid, crop, query = enc["patches"], enc["grid"], enc["crop_box"], {"kind": "image", "path": str(image)}
             tokens = self._to_table_space(ref, np.asarray(tokens, np.float32))

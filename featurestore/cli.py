@@ -217,7 +217,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from featurestore.api import FeatureStore
 
     rows = FeatureStore(args.store).classify(
-        args.model, args.labels, templates=args.template, weights=args.weights, device=args.device, version=args.version
+        args.model, args.labels, templates=args.template, weights=args.weights, device=args.device, version=args.version,
+        roots=args.root,
     )
     if args.json:
         _print_json(list(rows))
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the summary as JSON")
     e.set_defaults(func=cmd_extract)
 
+    from featurestore.paths import add_root_option
+
     cl = sub.add_parser("classify", help="zero-shot labels for stored images (CLIP/SigLIP models)")
     cl.add_argument("--store", "-s", required=True)
     cl.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
@@ -279,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument("--weights", help="where to load the model from, if not where it was loaded at extraction")
     cl.add_argument("--device", default="cpu", help="where to encode the text (default cpu)")
+    add_root_option(cl)
     cl.add_argument("--json", action="store_true", help="one object per image with every label's score")
     cl.set_defaults(func=cmd_classify)
 

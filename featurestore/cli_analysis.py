@@ -105,9 +105,18 @@ def cmd_show_search(args: argparse.Namespace) -> int:
     from featurestore.pictures import search_picture
 
     info = search_picture(
-        args.store, args.model, args.output, row_id=args.id, image=args.image, k=args.k, cols=args.cols, version=args.version
+        args.store, args.model, args.output, row_id=args.id, image=args.image, k=args.k, cols=args.cols, version=args.version,
+        roots=args.root,
     )
     _print_picture(args, info, f"query {info['query']['id'][:12]} and {len(info['hits'])} nearest rows")
+    if info["missing"]:
+        import sys
+
+        fix = "check the --root mappings" if args.root else "if the files moved, pass --root OLD=NEW"
+        sys.stderr.write(
+            f"featurestore: warning: {len(info['missing'])} sources are missing, drawn as 'missing' cells "
+            f"(Fix: {fix}):\n" + "".join(f"  {u}\n" for u in info["missing"])
+        )
     return 0
 
 
@@ -133,6 +142,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     """Register ``probe``, ``cluster`` and ``show`` on the main parser's subparsers."""
+    from featurestore.paths import add_root_option
+
     pr = sub.add_parser(
         "probe",
         help="cross-validated linear and k-NN probes of stored features against a label file",
@@ -186,6 +197,7 @@ def add_commands(sub: Any) -> None:
     se.add_argument("--version", "--tag", dest="version", help="table version (number or tag; default the latest)")
     se.add_argument("--cols", type=int, default=5, help="grid columns (default 5)")
     se.add_argument("--output", "-o", required=True, help="PNG file to write")
+    add_root_option(se)
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=cmd_show_search)
 

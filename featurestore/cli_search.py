@@ -34,11 +34,11 @@ def _text(args: argparse.Namespace) -> int:
 
         if not args.text.strip():
             raise ConfigError("--text is empty. Fix: describe what to find, e.g. --text 'a photo of a dog'.")
-        card, backbone = fs.text_backbone(args.model, weights=args.weights, device=args.device)
+        card, backbone = fs.text_backbone(args.model, weights=args.weights, device=args.device, roots=args.root)
         query = text_embeddings(backbone, [args.text])[0]
         hits = fs.search_vector(card.table, query, query={"kind": "text", "text": args.text}, **_ann_kw(args)).hits
     else:  # the original text search, unchanged
-        hits = fs.search(args.model, args.text, k=args.k, weights=args.weights, device=args.device, version=args.version)
+        hits = fs.search(args.model, args.text, k=args.k, weights=args.weights, device=args.device, version=args.version, roots=args.root)
     if args.json:
         _print_json(hits)
     else:
@@ -79,10 +79,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ConfigError("--nprobes / --refine-factor / --ef tune the cls index; patch search takes only --exact.")
         res = fs.search_patches(
             args.model, image=args.image, row_id=args.id, region=args.region, k=args.k, exact=args.exact,
-            weights=args.weights, device=args.device, version=args.version,
+            weights=args.weights, device=args.device, version=args.version, roots=args.root,
         )
     elif args.image is not None:
-        res = fs.search_image(args.model, args.image, weights=args.weights, device=args.device, **_ann_kw(args))
+        res = fs.search_image(args.model, args.image, weights=args.weights, device=args.device, roots=args.root, **_ann_kw(args))
     elif args.id is not None:
         res = fs.search_id(args.model, args.id, **_ann_kw(args))
     else:
@@ -133,6 +133,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Register ``search`` and ``index`` on the main parser's subparsers."""
+    from featurestore.paths import add_root_option
     from featurestore.search import DEFAULT_KIND, INDEX_KINDS
 
     se = sub.add_parser(
@@ -158,6 +159,7 @@ def add_commands(sub: Any) -> None:
     se.add_argument("--region", metavar="X0,Y0,X1,Y1", help="with --patches: only the query tokens under this box (original pixels)")
     se.add_argument("--weights", help="where to load the model from, if not where it was loaded at extraction")
     se.add_argument("--device", default="cpu", help="where to encode a text or image query (default cpu)")
+    add_root_option(se)
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=cmd_search)
 

@@ -75,7 +75,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     rep = verify(
         args.store, args.model, sample=args.sample, weights=args.weights, seed=args.seed,
-        atol=args.atol, patch_cos=args.patch_cos, device=args.device,
+        atol=args.atol, patch_cos=args.patch_cos, device=args.device, roots=args.root,
     )
     if args.json:
         _print_json(rep.as_dict())
@@ -86,11 +86,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         c.print(rep.message, markup=False, highlight=False, soft_wrap=True)
         for reason, n in rep.skipped.items():
             c.print(f"  skipped {n}: {reason}", markup=False, highlight=False)
+        for uri in rep.missing:
+            c.print(f"    missing: {uri}", markup=False, highlight=False, soft_wrap=True)
     return 0 if rep.ok else 1
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``tag``, ``compact``, ``cleanup`` and ``manifest`` to the ``featurestore`` subparsers."""
+    """Add ``tag``, ``compact``, ``cleanup``, ``verify`` and ``manifest`` to the ``featurestore`` subparsers."""
+    from featurestore.paths import add_root_option
+
     tg = sub.add_parser("tag", help="tag a version of a model's table (readers pin it with --version NAME)")
     tg.add_argument("name", help="the tag")
     tg.add_argument("--store", "-s", required=True)
@@ -123,6 +127,7 @@ def add_commands(sub: Any) -> None:
     ve.add_argument("--atol", type=float, default=1e-4, help="largest allowed |cls difference| (default 1e-4)")
     ve.add_argument("--patch-cos", type=float, default=0.999, help="smallest allowed cosine of a patch token (default 0.999)")
     ve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    add_root_option(ve)
     ve.add_argument("--json", action="store_true")
     ve.set_defaults(func=cmd_verify)
 

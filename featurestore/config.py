@@ -71,6 +71,12 @@ class ModelCard(_Model):
     weights_source: str = Field(description="hub id, directory or file the weights were loaded from")
     weights_revision: str | None = Field(None, description="hub commit of the weights, when known")
     weights_arg: str | None = Field(None, description="the --weights value given at extraction (None: the backbone's default)")
+    backbone_resolved: str | None = Field(
+        None, description="the backbone name with its local path made absolute, e.g. 'hf:/data/models/vit'; reloads use it"
+    )
+    weights_resolved: str | None = Field(
+        None, description="absolute path of --weights when it named a local file or directory; reloads use it"
+    )
     architecture: str = Field(description="model class, e.g. 'Dinov2Model'")
     dim: int = Field(description="width D of `cls` (and of each patch token unless `patch_dim` says otherwise)")
     patch_dim: int | None = Field(

@@ -110,6 +110,10 @@ class VideoDecodeError(MediaError):
         super().__init__(uri, message)
 
 
+class SourceMissingError(FeatureStoreError, FileNotFoundError):
+    """A stored source (``uri``) is not where it was, even after ``--root`` mappings."""
+
+
 class ReadError(MediaError):
     """The file could not be read (missing, permission denied, a directory …)."""
 
@@ -121,6 +125,10 @@ class ReadError(MediaError):
 
 class StoreError(FeatureStoreError, RuntimeError):
     """The LanceDB store is missing, unreadable or inconsistent."""
+
+
+class StoreNotFoundError(StoreError):
+    """A command that reads a store was pointed at a directory that does not exist (never created there)."""
 
 
 class UnknownModelError(FeatureStoreError, KeyError):

@@ -25,6 +25,7 @@ from featurestore.clips import load_aggregators
 from featurestore.layers import resolve_layers
 from featurestore.loader import SourceDataset, make_loader, start_worker_server
 from featurestore.media import DECODE_POLICY
+from featurestore.paths import local_locations, source_uri
 from featurestore.store import Store, feature_batch, table_name_for
 
 MAX_ERROR_SAMPLES = 20
@@ -66,6 +67,8 @@ def build_card(
     mhash = model_hash(wdigest, spec)
     info = backbone.card_info()
     layout = backbone.token_layout(layers)
+    # absolute, so later commands reload the model from any directory (never part of the hash)
+    backbone_resolved, weights_resolved = local_locations(backbone_name, weights_arg, info.get("weights_source"))
     return ModelCard(
         model_hash=mhash,
         weights_sha256=wdigest,
@@ -76,6 +79,8 @@ def build_card(
         weights_source=info["weights_source"],
         weights_revision=info.get("weights_revision"),
         weights_arg=weights_arg,
+        backbone_resolved=backbone_resolved,
+        weights_resolved=weights_resolved,
         architecture=info["architecture"],
         dim=backbone.feature_dim(layers),
         patch_dim=_patch_dim(backbone, layers, dense),
@@ -145,6 +150,7 @@ def run_extraction(
     from featurestore.video import is_video_path, parse_sample
 
     device = resolve_device(config.device)
+    sources = [source_uri(s) for s in sources]  # the uri stored: found again from any directory
     layers = resolve_layers(config.layers, backbone.num_layers, config.backbone)
     sample = parse_sample(config.sample)
     n_videos = sum(1 for s in sources if is_video_path(s))
@@ -154,6 +160,8 @@ def run_extraction(
         start_worker_server(preprocessor)  # its imports overlap hashing and opening the store
     card = build_card(backbone, config.backbone, dense=config.dense, layers=layers, weights_arg=config.weights)
     table = store.register_model(card)
+    if table.name != card.table:  # the model, reached by another spelling of its path, already has a table
+        card = next(c for c in store.cards() if c.model_hash == card.model_hash)
     adapted = [_OnTheFly(store, card, ref) for ref in config.adapters]  # checked before any image is read
     existing = frozenset(store.existing_ids(table))
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]

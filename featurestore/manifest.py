@@ -4,9 +4,10 @@ metric (``featurestore manifest -s DIR -o manifest.json``).
 
 The content digest is over the rows' values only, in id order: not over files, row order,
 fragments, versions, or the run bookkeeping columns (``run_id``, ``created_at``, also left
-out of the catalogs' card JSON). So it is
+out of the catalogs' card JSON), nor ``uri``: it is where the source was (an absolute path),
+not what it held, which the row ``id`` (the SHA-256 of its bytes) already says. So it is
 unchanged by compaction, and two clean extractions of the same images with the same model
-give the same digest when their features are bit-identical.
+give the same digest when their features are bit-identical, wherever the images lie.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,13 +22,14 @@ import pyarrow as pa
 
 from featurestore import __version__
 from featurestore.config import Manifest, ManifestTable
-from featurestore.errors import ConfigError
 from featurestore.hashing import canonical_json
 from featurestore.store import ERRORS_TABLE, MODELS_TABLE, Store
 
 MANIFEST_FORMAT = "featurestore-manifest/1"
 #: columns (and card fields) that record when and by which run a row was written, not what it holds
 VOLATILE = frozenset({"run_id", "created_at"})
+#: columns that say where a row's source lies (absolute paths differ between copies of a dataset)
+LOCATION = frozenset({"uri"})
 _CHUNK = 4096
 
 
@@ -75,7 +76,7 @@ def content_digest(table: Any) -> tuple[str, int]:
     first column's values.
     """
     schema = table.schema
-    cols = [f.name for f in schema if f.name not in VOLATILE]
+    cols = [f.name for f in schema if f.name not in VOLATILE | LOCATION]
     key = "id" if "id" in cols else cols[0]
     row_hashes: list[tuple[Any, bytes]] = []
     for batch in table.search().select(cols).limit(None).to_batches(_CHUNK):
@@ -111,8 +112,7 @@ def _kinds(store: Store) -> dict[str, tuple[str, Any]]:
 
 def build_manifest(store: Store) -> Manifest:
     """Describe every table of ``store`` (see the module docstring for the digest)."""
-    if not Path(store.path).is_dir():
-        raise ConfigError(f"store {store.path!r} does not exist. Fix: pass the directory given to featurestore extract --store.")
+    store.check_exists()
     kinds = _kinds(store)
     tables: dict[str, ManifestTable] = {}
     total = 0

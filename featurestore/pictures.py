@@ -285,16 +285,22 @@ def top_k_cosine(
     ]
 
 
-def _thumbnail(uri: str | None, row_id: str) -> tuple[np.ndarray | None, str]:
-    """A small RGB array of the stored file, or None and why there is none."""
+def _thumbnail(uri: str | None, row_id: str, roots: Any = None) -> tuple[np.ndarray | None, str]:
+    """A small RGB array of the stored file, or None and why there is none ("missing" when
+    the source is not where the stored uri, re-rooted by ``roots``, says)."""
     from featurestore.hashing import content_id
     from featurestore.media import decode_image
+    from featurestore.paths import find_source
 
-    if not uri or not Path(uri).is_file():
-        return None, "file missing"
-    data = Path(uri).read_bytes()
+    if not uri:
+        return None, "missing"
     try:
-        img = decode_image(data, uri)
+        path = find_source(uri, roots)
+        data = Path(path).read_bytes()
+    except OSError:  # SourceMissingError, or unreadable
+        return None, "missing"
+    try:
+        img = decode_image(data, path)
     except (MediaError, OSError):  # a video file or an unreadable one: the picture shows a placeholder
         return None, "no preview"
     img.thumbnail((256, 256))
@@ -303,13 +309,19 @@ def _thumbnail(uri: str | None, row_id: str) -> tuple[np.ndarray | None, str]:
 
 def search_picture(
     store: Any, model: str, out: str | Path, *, row_id: str | None = None, image: str | Path | None = None,
-    k: int = 8, cols: int = 5, version: int | str | None = None,
+    k: int = 8, cols: int = 5, version: int | str | None = None, roots: Any = None,
 ) -> dict[str, Any]:
     """PNG grid: the query row, then its ``k`` nearest stored rows (cosine of ``cls``) with scores.
 
     The query is a stored row, named by ``row_id`` (or a unique prefix) or by an ``image``
-    file whose content is stored; it is left out of its own results.
+    file whose content is stored; it is left out of its own results. Thumbnails are read
+    from the stored uris through :func:`featurestore.paths.find_source` (``roots``: re-root
+    mappings ``{old: new}`` / ``["OLD=NEW"]``); a cell whose source is not there says
+    "missing: <uri>", and ``missing`` in the result lists those uris.
     """
+    from featurestore.paths import parse_roots
+
+    roots = parse_roots(roots)
     if (row_id is None) == (image is None):
         raise ConfigError("show search needs exactly one query: --id ID or --image PATH (a stored image).")
     if k < 1 or cols < 1:
@@ -332,17 +344,28 @@ def search_picture(
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).reshape(-1)
     for ax in axes:
         ax.axis("off")
+    missing: list[str] = []
     for ax, (uri, rid, title) in zip(axes, cells):
-        pic, note = _thumbnail(uri, rid)
+        pic, note = _thumbnail(uri, rid, roots)
         if pic is None:
             ax.imshow(np.full((8, 8, 3), 0.85))
-            ax.text(4, 4, note, ha="center", va="center", fontsize=8)
+            if note == "missing":
+                if (uri or rid) not in missing:  # video frames share their file's uri
+                    missing.append(uri or rid)
+                note = "missing:\n" + _wrap(uri or rid, 24)
+            ax.text(3.5, 3.5, note, ha="center", va="center", fontsize=6, color="C3" if note.startswith("missing") else "black")
         else:
             ax.imshow(pic)
         name = Path(uri).name if uri else rid[:12]
         ax.set_title(f"{title}\n{name[:22]}{note if pic is not None else ''}", fontsize=8, color="C3" if title == "query" else "black")
     saved = _save(fig, out)
-    return {**saved, "query": {"id": row["id"], "uri": row["uri"]}, "hits": hits, "table": table.name}
+    return {**saved, "query": {"id": row["id"], "uri": row["uri"]}, "hits": hits, "table": table.name, "missing": missing}
+
+
+def _wrap(text: str, width: int, lines: int = 6) -> str:
+    """A long path in lines of ``width`` characters (the end kept: it names the file)."""
+    tail = text[-width * lines :]
+    return "\n".join(tail[i : i + width] for i in range(0, len(tail), width))
 
 
 # -- map ---------------------------------------------------------------------------------------
@@ -438,8 +461,11 @@ def map_picture(
         from featurestore.probe import read_label_file
 
         lab, key = read_label_file(labels)  # type: ignore[arg-type]
-        lookup = dict(zip(lab.column(key).to_pylist(), lab.column("label").to_pylist()))
-        keys = data["id"] if key == "id" else data["uri"]
+        from featurestore.paths import uri_key
+
+        norm = (lambda k: k) if key == "id" else uri_key  # relative uris: from the current directory
+        lookup = dict(zip(map(norm, lab.column(key).to_pylist()), lab.column("label").to_pylist()))
+        keys = data["id"] if key == "id" else [uri_key(u) for u in data["uri"]]
         values = [lookup.get(v) for v in keys]
         what = f"label ({sum(v is not None for v in values)} of {n} labelled)"
     elif color_by == "cluster":

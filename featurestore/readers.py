@@ -269,7 +269,8 @@ class FeatureDataset(Dataset):
         version: a table version number or tag; None pins the latest at construction.
         expected_hash: the model hash (or a prefix of ≥ 6 hex digits) the table must have.
         labels: a ``.parquet`` / ``.csv`` / ``.tsv`` file or an Arrow table joined on ``label_key``.
-        label_key: ``"id"`` or ``"uri"`` (uris match exactly as stored).
+        label_key: ``"id"`` or ``"uri"`` (uris match as stored; relative ones, in the label file or
+            an older store, are taken from the current directory).
         label_columns: which label columns to add to items (default all but the key).
         drop_missing_labels: leave out rows without a label instead of raising.
         dtype: dtype of the feature tensors (stored ``cls`` is float32, ``patches`` float16).
@@ -407,11 +408,16 @@ class FeatureDataset(Dataset):
         clash = [c for c in names if c in ("id", "grid", key, *self.columns)]
         if clash:
             raise ConfigError(f"label columns {clash} clash with item keys. Fix: rename them in the label file.")
-        row_of = {k: i for i, k in enumerate(lab.column(key).to_pylist())}
+        label_keys = lab.column(key).to_pylist()
+        if key == "uri":  # relative uris (label file, older store) are taken from the current directory
+            from featurestore.paths import uri_key
+
+            label_keys, keys = [uri_key(k) for k in label_keys], [uri_key(k) for k in keys]
+        row_of = {k: i for i, k in enumerate(label_keys)}
         idx = np.array([row_of.get(k, -1) for k in keys], np.int64)
         missing = [k for k, i in zip(keys, idx) if i < 0]
         if missing and not drop:
-            example = f" (uris match exactly as stored, e.g. {keys[0]!r})" if key == "uri" and keys else ""
+            example = f" (uris match as stored, relative ones from the current directory; e.g. {keys[0]!r})" if key == "uri" and keys else ""
             raise ConfigError(
                 f"{len(missing)} of {len(keys)} rows have no label by {key}: {_few(missing)}{example}. "
                 "Fix: add them to the label file, or pass drop_missing_labels=True (--drop-missing-labels)."

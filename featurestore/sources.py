@@ -4,6 +4,9 @@ Accepted: image and video files, directories (recursive; image and video extensi
 only), glob patterns,
 and ``@list.txt`` files with one path (or glob, or directory) per line (``#`` comments
 and blank lines ignored; relative paths are relative to the list file).
+
+Paths come back absolute and normalised (:func:`featurestore.paths.source_uri`): that is the
+``uri`` stored, so any later command finds the file from any directory.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from featurestore.errors import InputError
+from featurestore.paths import source_uri
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .apng .webp .gif .tif .tiff .bmp .dib .ppm .pgm .pbm .pnm .tga .ico .jp2 .j2k .avif".split()
@@ -73,10 +77,15 @@ def _read_list(list_file: Path, depth: int) -> list[str]:
 
 
 def expand_sources(args: Iterable[str]) -> list[str]:
-    """Expand paths, directories, globs and ``@lists`` into file paths, in order, without repeats.
+    """Expand paths, directories, globs and ``@lists`` into absolute file paths, in order, without repeats.
+
+    A named file that does not exist is kept (reading it fails and becomes an ``errors``
+    row), unless none of the inputs exists: then nothing could be extracted, and the run
+    is refused before a model is loaded or a store created.
 
     Raises:
-        InputError: when no argument is given, a list file cannot be read, or nothing matches.
+        InputError: when no argument is given, a list file cannot be read, nothing matches,
+            or none of the named files exists.
     """
     args = [str(a) for a in args]
     if not args:
@@ -85,13 +94,20 @@ def expand_sources(args: Iterable[str]) -> list[str]:
     out: list[str] = []
     for arg in args:
         for p in _expand_one(arg, None, 0):
-            key = os.path.abspath(p)
+            key = source_uri(p)
             if key not in seen:
                 seen.add(key)
-                out.append(p)
+                out.append(key)
     if not out:
         raise InputError(
             f"no image or video files found in {', '.join(args)}. Directories are searched recursively for "
             f"{', '.join(sorted(IMAGE_EXTENSIONS)[:8])} …, .mp4, .mkv, .webm, .mov, .avi …; name other files explicitly."
+        )
+    # stops at the first file that exists: one stat in the usual case, however many inputs
+    if not any(os.path.exists(p) for p in out):
+        shown = ", ".join(out[:5]) + (f" … ({len(out)} in all)" if len(out) > 5 else "")
+        raise InputError(
+            f"none of the inputs exists: {shown}. Fix: check the paths (relative ones are taken from the current "
+            "directory, or from the list file's directory for @lists)."
         )
     return out

@@ -11,6 +11,7 @@ read such a column back at real sizes.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.config import ErrorRecord, ModelCard
-from featurestore.errors import MissingDependencyError, StoreError, UnknownModelError
+from featurestore.errors import MissingDependencyError, StoreError, StoreNotFoundError, UnknownModelError
 
 if TYPE_CHECKING:
     import lancedb
@@ -168,15 +169,38 @@ def _connect(path: str) -> "lancedb.DBConnection":
 
 
 class Store:
-    """A LanceDB database directory holding the catalog, feature tables and errors."""
+    """A LanceDB database directory holding the catalog, feature tables and errors.
+
+    Reading a store that does not exist is an error (:class:`StoreNotFoundError`), never an
+    empty store: the directory is created only when a model is registered, i.e. by an
+    extraction (``featurestore extract``), so a mistyped ``--store`` creates nothing.
+    """
 
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._db: Any = None
 
+    def _local(self) -> bool:
+        return "://" not in self.path  # object-store and cloud URIs are LanceDB's to check
+
+    def check_exists(self) -> None:
+        """Raise :class:`StoreNotFoundError` unless the store's directory exists."""
+        if self._local() and not os.path.isdir(self.path):
+            what = "is not a directory" if os.path.exists(self.path) else "does not exist"
+            raise StoreNotFoundError(
+                f"no featurestore at {self.path}: the directory {what}. Fix: check --store, or create one "
+                f"with featurestore extract IMAGES… --store {self.path} --backbone NAME."
+            )
+
+    def create(self) -> None:
+        """Make the store's directory (extraction does, before registering its model)."""
+        if self._local():
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+
     @property
     def db(self) -> "lancedb.DBConnection":
         if self._db is None:
+            self.check_exists()  # lancedb.connect would create the directory
             self._db = _connect(self.path)
         return self._db
 
@@ -204,7 +228,15 @@ class Store:
     # -- catalog ---------------------------------------------------------------
     def register_model(self, card: ModelCard, schema: pa.Schema | None = None) -> Any:
         """Add the card to `models` (once per hash) and return the feature table
-        (``schema``: its columns, default the feature schema of the card)."""
+        (``schema``: its columns, default the feature schema of the card).
+
+        The table is the one already registered for ``card.model_hash`` when there is one:
+        the same model reached by another spelling of its path (``hf:../m`` here, ``hf:m``
+        there) gives another table name, but must write into the same table. Creates the
+        store's directory when it does not exist yet.
+        """
+        if self._db is None:
+            self.create()
         models = self._open_or_create(MODELS_TABLE, MODELS_SCHEMA)
         row = pa.Table.from_pylist(
             [
@@ -221,7 +253,11 @@ class Store:
             schema=MODELS_SCHEMA,
         )
         models.merge_insert("model_hash").when_not_matched_insert_all().execute(row)
-        return self._open_or_create(card.table, schema or feature_schema(card.dim, card.dense, card.patch_dim))
+        # read back after the insert: whichever card won (an earlier run's, or a concurrent one's) names the table
+        key = card.model_hash.replace("'", "''")
+        got = models.search().where(f"model_hash = '{key}'").select(["table"]).limit(1).to_arrow()
+        name = got.column("table")[0].as_py() if got.num_rows else card.table
+        return self._open_or_create(name, schema or feature_schema(card.dim, card.dense, card.patch_dim))
 
     def cards(self) -> list[ModelCard]:
         if MODELS_TABLE not in self.table_names():

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.errors import ConfigError, FeatureStoreError
+from featurestore.paths import RootsArg, missing_message, parse_roots, reload_args, resolve_source, split_fragment
 from featurestore.store import Store
 
 DEFAULT_ATOL = 1e-4
@@ -44,6 +45,7 @@ class VerifyReport:
     atol: float = DEFAULT_ATOL
     patch_cos: float = DEFAULT_PATCH_COS
     worst: list[dict[str, Any]] = field(default_factory=list)  # the rows that differ most
+    missing: list[str] = field(default_factory=list)  # stored uris (each once) of sampled rows whose source is not there
     ok: bool = False
     message: str = ""
 
@@ -83,8 +85,14 @@ def verify(
     atol: float = DEFAULT_ATOL,
     patch_cos: float = DEFAULT_PATCH_COS,
     device: str = "cpu",
+    roots: RootsArg = None,
 ) -> VerifyReport:
-    """Re-extract ``sample`` stored image rows of ``model`` and compare (see the module doc)."""
+    """Re-extract ``sample`` stored image rows of ``model`` and compare (see the module doc).
+
+    Sources and the recorded weights location are found through :mod:`featurestore.paths`:
+    ``roots`` (``{old: new}`` or ``["OLD=NEW", …]``) re-roots a tree that moved; a source
+    that is not there is counted and named in ``report.missing``.
+    """
     from featurestore.api import create_backbone
     from featurestore.extract import resolve_device
     from featurestore.loader import _file_sha256
@@ -100,9 +108,11 @@ def verify(
         )
     if sample < 1:
         raise ConfigError(f"--sample {sample}: verify at least 1 row.")
-    source = weights if weights is not None else card.weights_arg
-    report = VerifyReport(card.table, card.model_hash, source or card.weights_source, False, atol=atol, patch_cos=patch_cos)
-    backbone = create_backbone(card.backbone, source)
+    roots = parse_roots(roots)
+    name, source = reload_args(card, weights, roots)
+    shown = source or (name if card.backbone_resolved else card.weights_source)
+    report = VerifyReport(card.table, card.model_hash, shown, False, atol=atol, patch_cos=patch_cos)
+    backbone = create_backbone(name, source)
     try:
         verify_image_backbone(backbone, card)
     except FeatureStoreError as exc:
@@ -119,18 +129,21 @@ def verify(
     patch_cos_min: float | None = None
     for item in ds.__getitems__(list(pick)) if len(pick) else []:
         uri = item["uri"]
+        path = split_fragment(resolve_source(uri, roots))[0]
         try:
-            digest = _file_sha256(uri)
+            digest = _file_sha256(path)
         except OSError:
             skipped["source missing"] = skipped.get("source missing", 0) + 1
+            if uri not in report.missing:  # frames of one video share their uri
+                report.missing.append(uri)
             continue
         if digest != (item["video_id"] or item["id"]):
             skipped["source changed since extraction"] = skipped.get("source changed since extraction", 0) + 1
             continue
         if item["video_id"] is None:
-            enc = encode_image(backbone, card, uri, dev, dense=card.dense)
+            enc = encode_image(backbone, card, path, dev, dense=card.dense)
         else:
-            frame = _find_frame(uri, item["video_id"], item["id"])
+            frame = _find_frame(path, item["video_id"], item["id"])
             if frame is None:
                 skipped["video frame not found again"] = skipped.get("video frame not found again", 0) + 1
                 continue
@@ -154,6 +167,8 @@ def verify(
     drift = report.max_abs_cls > atol or (patch_cos_min is not None and patch_cos_min < patch_cos)
     if not diffs:
         report.message = f"no stored image row of {card.table} could be re-read from its source ({skipped or 'no image rows'})."
+        if report.missing:
+            report.message += " " + missing_message(report.missing[0], resolve_source(report.missing[0], roots), bool(roots))
     elif drift:
         report.message = (
             f"features drifted: max |cls difference| {report.max_abs_cls:.3g} (tolerance {atol:g}), min cls cosine "

@@ -40,8 +40,10 @@ def test_exit_codes(tiny_dinov2, store_path, tmp_path):
     (d / "x.jpg").write_bytes(b"")
     p = run("extract", d, "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--workers", "0", "--json", check=False)
     assert p.returncode == 1 and json.loads(p.stdout)["errors"] == 1  # nothing succeeded
-    p = run("extract", tmp_path / "nowhere.jpg", "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--json", check=False)
-    assert p.returncode == 1 and json.loads(p.stdout)["error_samples"][0]["stage"] == "read"  # missing file: a row, not a crash
+    p = run("extract", d / "x.jpg", tmp_path / "nowhere.jpg", "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--json", check=False)
+    assert p.returncode == 1 and json.loads(p.stdout)["error_samples"][1]["stage"] == "read"  # one missing file: a row, not a crash
+    p = run("extract", tmp_path / "nowhere.jpg", "--backbone", f"hf:{tiny_dinov2}", "--store", tmp_path / "s2", check=False)
+    assert p.returncode == 2 and "none of the inputs exists" in p.stderr and not (tmp_path / "s2").exists()  # nothing to do
     (tmp_path / "empty_dir").mkdir()
     p = run("extract", tmp_path / "empty_dir", "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, check=False)
     assert p.returncode == 2 and "no image or video files found" in p.stderr

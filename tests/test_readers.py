@@ -180,7 +180,7 @@ def test_labels_by_id_from_parquet_and_by_uri_from_csv(synth, tmp_path):
     with pytest.raises(ConfigError, match="repeats uri values"):
         FeatureDataset(path, "toy", labels=tmp_path / "dup.csv", label_key="uri")
     (tmp_path / "rel.csv").write_text("uri,label\nimg_0.jpg,1\n")
-    with pytest.raises(ConfigError, match=r"no label by uri.*match exactly as stored, e.g. '/data/img_0.jpg'"):
+    with pytest.raises(ConfigError, match=r"no label by uri.*match as stored, relative ones from the current directory; e.g. '/data/img_0.jpg'"):
         FeatureDataset(path, "toy", labels=tmp_path / "rel.csv", label_key="uri")
 
 

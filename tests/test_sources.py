@@ -27,6 +27,20 @@ def test_explicit_files_are_kept_whatever_the_extension_and_missing_ones_too(tmp
     assert expand_sources([t, missing]) == [str(t), str(missing)]
 
 
+def test_paths_come_back_absolute_and_normalised_with_symlinks_kept(tmp_path, monkeypatch):
+    a = _touch(tmp_path / "real" / "a.jpg")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path / "real")
+    assert expand_sources(["a.jpg", "./../link/a.jpg", "../link"]) == [str(a), str(tmp_path / "link" / "a.jpg")]
+
+
+def test_inputs_that_all_do_not_exist_are_an_error_and_some_missing_are_not(tmp_path):
+    a = _touch(tmp_path / "a.jpg")
+    with pytest.raises(InputError, match=r"none of the inputs exists: .*gone\.jpg, .*lost\.png"):
+        expand_sources([tmp_path / "gone.jpg", tmp_path / "lost.png", str(tmp_path / "no*.jpg")])
+    assert expand_sources([tmp_path / "gone.jpg", a]) == [str(tmp_path / "gone.jpg"), str(a)]
+
+
 def test_globs_and_dedup(tmp_path):
     a = _touch(tmp_path / "a1.jpg")
     b = _touch(tmp_path / "a2.jpg")

@@ -11,7 +11,7 @@ import pytest
 from featurestore import FeatureStore
 from featurestore.cli import main as cli_main
 from featurestore.config import Manifest
-from featurestore.errors import ConfigError
+from featurestore.errors import ConfigError, StoreNotFoundError
 from featurestore.maintenance import cleanup, compact, parse_duration
 from featurestore.manifest import build_manifest, content_digest
 from featurestore.readers import FeatureDataset, table_versions
@@ -215,8 +215,9 @@ def test_catalog_digests_leave_out_card_timestamps_and_a_missing_store_is_an_err
     card["dim"] += 1  # a real change is seen
     models.update(values={"card": json.dumps(card)}, where="true")
     assert build_manifest(st).tables["models"].content_digest != before
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(StoreNotFoundError, match="does not exist"):
         build_manifest(Store(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()
 
 
 def test_pictures_read_a_version(tiny_dinov2, images, tmp_path):
@@ -244,6 +245,13 @@ def test_verify_decodes_video_frames_again(tiny_dinov2, tmp_path):
     assert s.frames_written == 4
     rep = verify(store, s.table, sample=4)
     assert rep.ok and rep.checked == 4 and rep.skipped == {} and rep.max_abs_cls <= 1e-4
+    # a moved video: its frames are missing (the file named once), then found under --root
+    shutil.move(tmp_path / "v", tmp_path / "w")
+    gone = verify(store, s.table, sample=4)
+    assert gone.skipped == {"source missing": 4} and gone.missing == [str(video)] and not gone.ok
+    back = verify(store, s.table, sample=4, roots={str(tmp_path / "v"): str(tmp_path / "w")})
+    assert back.ok and back.checked == 4 and back.missing == []
+    shutil.move(tmp_path / "w", tmp_path / "v")
     video.write_bytes(video.read_bytes()[:-10])  # another file now: its hash is not the video id
     assert verify(store, s.table, sample=4).skipped == {"source changed since extraction": 4}
 
