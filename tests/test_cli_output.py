@@ -1,0 +1,119 @@
+"""The command line's parsing and output: documented option forms, literal data, quiet libraries,
+one JSON shape, clear errors, ``python -m featurestore``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featurestore import FeatureStore
+from featurestore.cli import main
+from featurestore.testing import write_images
+
+FEATURESTORE = str(Path(sys.executable).with_name("featurestore"))  # the console script, as installed
+QUIET_VARS = ("LANCEDB_LOG", "LANCE_LOG", "RUST_LOG", "PYTHONWARNINGS")
+
+
+def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in QUIET_VARS}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=clean | env)
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+# -- --layers -4,-3,-2,-1 ------------------------------------------------------------------
+
+
+def test_layers_take_the_documented_negative_form(tiny_dinov2, tmp_path, capsys):
+    write_images(tmp_path / "img", 3)
+    store = tmp_path / "s"
+    base = ["extract", tmp_path / "img", "-b", f"hf:{tiny_dinov2}", "-s", store, "--workers", "0", "--json"]
+    tables = set()
+    for layers in (["--layers", "-2,-1"], ["--layers=-2,-1"], ["--layers", "last2"], ["--layers", "0,1"]):
+        rc, out, err = _cli(capsys, *base, *layers)
+        assert rc == 0, err
+        tables.add(json.loads(out)["table"])
+    assert len(tables) == 1  # one model: the same blocks, however they were named
+    assert FeatureStore(store).card(tables.pop()).layers == [0, 1]
+    # the form --help shows reaches the layer check (the tiny model has 2 blocks), not argparse's "expected one argument"
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    shown = re.search(r"e\.g\.\s+(-\d+(?:,-\d+)+)", capsys.readouterr().out).group(1)
+    assert shown == "-4,-3,-2,-1"
+    rc, _, err = _cli(capsys, *base, "--layers", shown)
+    assert rc == 2 and "block -4 does not exist" in err and "which has 2 blocks" in err
+    # a forgotten value is still argparse's error, not taken for a layer list
+    with pytest.raises(SystemExit):
+        main([str(a) for a in base] + ["--layers", "--dense"])
+    assert "--layers: expected one argument" in capsys.readouterr().err
+
+
+# -- rich markup: ours renders, data stays literal --------------------------------------------
+
+
+def test_error_lines_render_our_style_and_print_data_verbatim(tiny_dinov2, tmp_path, capsys):
+    d = tmp_path / "mixed"
+    write_images(d, 1)
+    bad = d / "[b]broken.jpg"
+    bad.write_bytes(b"garbage")
+    rc, out, _ = _cli(capsys, "extract", d, "-b", f"hf:{tiny_dinov2}", "-s", tmp_path / "s", "--workers", "0")
+    assert rc == 0
+    assert "[red]" not in out and "[/]" not in out
+    line = next(ln for ln in out.splitlines() if "broken.jpg" in ln)
+    assert line.startswith("  error decode UnsupportedFormatError: ") and f"{bad}: not a supported image" in line
+
+
+# -- library noise: hidden unless -v -------------------------------------------------------------
+
+
+def test_library_warnings_are_hidden_unless_verbose(tiny_dinov2, tmp_path):
+    write_images(tmp_path / "img", 4)
+    store = tmp_path / "s"
+    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0).table
+    # cluster creates its centroids table: LanceDB's Rust side logs a WARN line for that
+    quiet = _run([FEATURESTORE, "cluster", "-s", str(store), "-m", table, "-k", "2"])
+    assert quiet.returncode == 0, quiet.stderr
+    assert "WARN" not in quiet.stderr and quiet.stderr.strip() == ""
+    loud = _run([FEATURESTORE, "-v", "cluster", "-s", str(store), "-m", table, "-k", "3"])
+    assert loud.returncode == 0 and "WARN" in loud.stderr and "centroids-k3" in loud.stderr
+    user_set = _run([FEATURESTORE, "cluster", "-s", str(store), "-m", table, "-k", "4"], LANCEDB_LOG="warn")
+    assert "WARN" in user_set.stderr  # the user's own setting wins
+    # cleanup --older-than 0: LanceDB's UserWarning about concurrent readers
+    quiet = _run([FEATURESTORE, "cleanup", "-s", str(store), "--older-than", "0"])
+    assert quiet.returncode == 0 and "UserWarning" not in quiet.stderr and quiet.stderr.strip() == ""
+    loud = _run([FEATURESTORE, "--verbose", "cleanup", "-s", str(store), "--older-than", "0"])
+    assert "UserWarning" in loud.stderr
+    # our own errors are never hidden
+    err = _run([FEATURESTORE, "cluster", "-s", str(store), "-m", "no_such_model", "-k", "2"])
+    assert err.returncode == 2 and "featurestore: error:" in err.stderr and "no_such_model" in err.stderr
+
+
+def test_main_in_process_leaves_the_environment_as_it_was(capsys, monkeypatch):
+    for var in QUIET_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert main(["aggregators", "--json"]) == 0
+    capsys.readouterr()
+    assert not any(var in os.environ for var in QUIET_VARS)
+
+
+# -- python -m featurestore ----------------------------------------------------------------------
+
+
+def test_python_dash_m_featurestore():
+    from featurestore import __version__
+
+    p = _run([sys.executable, "-m", "featurestore", "--version"])
+    assert p.returncode == 0 and p.stdout.strip() == f"featurestore {__version__}"
+    p = _run([sys.executable, "-m", "featurestore", "backbones", "dinov2_vits14", "--json"])
+    assert p.returncode == 0, p.stderr
+    assert [b["name"] for b in json.loads(p.stdout)] == ["dinov2_vits14"]
