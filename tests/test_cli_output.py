@@ -117,3 +117,29 @@ def test_python_dash_m_featurestore():
     p = _run([sys.executable, "-m", "featurestore", "backbones", "dinov2_vits14", "--json"])
     assert p.returncode == 0, p.stderr
     assert [b["name"] for b in json.loads(p.stdout)] == ["dinov2_vits14"]
+
+
+# -- verify over nothing -------------------------------------------------------------------------
+
+
+def test_verify_that_checked_nothing_fails_and_reports_no_figures(tiny_dinov2, tmp_path, capsys):
+    paths = write_images(tmp_path / "img", 3)
+    store = tmp_path / "s"
+    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0).table
+    for p in paths:
+        p.unlink()
+    rc, out, _ = _cli(capsys, "verify", "-s", store, "-m", table, "--json")
+    rep = json.loads(out)
+    assert rc == 1 and (rep["ok"], rep["checked"], rep["max_abs_cls"], rep["min_cos_cls"]) == (False, 0, None, None)
+    assert rep["skipped"] == {"source missing": 3}
+    assert "nothing checked" in rep["message"] and "3 source missing" in rep["message"]
+    rc, out, _ = _cli(capsys, "verify", "-s", store, "-m", table)
+    assert rc == 1 and "FAILED" in out and "nothing checked" in out
+    # a table without rows (every input failed) checks nothing either
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_bytes(b"garbage")
+    empty = FeatureStore(tmp_path / "e").extract([tmp_path / "bad"], backbone=f"hf:{tiny_dinov2}", workers=0)
+    assert empty.written == 0
+    rc, out, _ = _cli(capsys, "verify", "-s", tmp_path / "e", "-m", empty.table, "--json")
+    rep = json.loads(out)
+    assert rc == 1 and rep["max_abs_cls"] is None and "has no rows" in rep["message"]
