@@ -107,7 +107,10 @@ def add_commands(sub: Any) -> None:
     ex.add_argument("--expect-hash", help="fail unless the model hash starts with this (≥ 6 hex digits)")
     ex.add_argument("--layer", type=int, help="--layers tables: only this stored block's slice")
     ex.add_argument("--labels", help="label table (.parquet/.csv/.tsv) to join; its columns go to Parquet")
-    ex.add_argument("--label-key", choices=("id", "uri"), default="id", help="join labels on id (default) or uri")
+    ex.add_argument(
+        "--label-key", choices=("id", "uri"),
+        help="join labels on id or uri (default: id when the label file has an id column, else uri, as probe does)",
+    )
     ex.add_argument("--drop-missing-labels", action="store_true", help="leave out rows without a label instead of failing")
     ex.add_argument("--json", action="store_true", help="print the summary as JSON")
     ex.set_defaults(func=cmd_export)

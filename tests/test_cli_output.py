@@ -143,3 +143,34 @@ def test_verify_that_checked_nothing_fails_and_reports_no_figures(tiny_dinov2, t
     rc, out, _ = _cli(capsys, "verify", "-s", tmp_path / "e", "-m", empty.table, "--json")
     rep = json.loads(out)
     assert rc == 1 and rep["max_abs_cls"] is None and "has no rows" in rep["message"]
+
+
+# -- export --labels joins as probe does -----------------------------------------------------------
+
+
+def test_export_labels_pick_the_join_key_as_probe_does(tiny_dinov2, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from featurestore.probe import read_label_file
+    from featurestore.readers import FeatureDataset
+
+    write_images(tmp_path / "img", 4)
+    store = tmp_path / "s"
+    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0).table
+    rows = FeatureDataset(store, table, columns=["uri"]).to_numpy(["uri"])
+    ids, uris = list(rows["id"]), list(rows["uri"])
+    names = ["007", "b", "007", "b"]  # a label that looks like a number stays text in a CSV
+    by_uri = tmp_path / "by_uri.csv"
+    by_uri.write_text("uri,label\n" + "".join(f"{u},{n}\n" for u, n in zip(reversed(uris), reversed(names))))
+    by_id = tmp_path / "by_id.parquet"
+    pq.write_table(pa.table({"id": ids, "label": names, "uri": ["elsewhere"] * 4}), by_id)  # both keys: id wins
+    for labels, key in ((by_uri, "uri"), (by_id, "id")):
+        assert read_label_file(labels)[1] == key  # what probe joins on
+        out = tmp_path / f"{key}.parquet"
+        rc, _, err = _cli(capsys, "export", "-s", store, "-m", table, "-o", out, "--labels", labels, "--columns", "cls,uri", "--json")
+        assert rc == 0, err
+        got = pq.read_table(out)
+        assert got.column("id").to_pylist() == ids and got.column("label").to_pylist() == names
+    rc, _, err = _cli(capsys, "export", "-s", store, "-m", table, "-o", tmp_path / "x.parquet", "--labels", by_uri, "--label-key", "id")
+    assert rc == 2 and "has no 'id' column" in err
