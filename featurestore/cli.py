@@ -272,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=float, help="with --window: seconds between window starts (default: the window)")
     e.add_argument("--adapter", action="append", metavar="HASH|NAME", help="a fitted adapter of this model (repeatable): adapted rows are written too")
     tg = e.add_mutually_exclusive_group()
-    tg.add_argument("--tag", help="tag the table version the run ends at (default run-<run id>)")
+    tg.add_argument(
+        "--tag", metavar="NAME",
+        help="name the tag this run creates on the version it ends at (default run-<run id>); "
+        "reading commands take --tag to pin a version",
+    )
     tg.add_argument("--no-tag", action="store_true", help="leave that version untagged (so compaction can drop its files)")
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass and per commit (default 32)")
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")

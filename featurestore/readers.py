@@ -100,7 +100,7 @@ def resolve_version(table: Any, version: int | str | None) -> tuple[int, str | N
             known = ", ".join(f"{k} (v{v['version']})" for k, v in sorted(tags.items())) or "none"
             raise ConfigError(
                 f"table {table.name} has no tag {version!r} (tags: {known}). "
-                f"Fix: pass a version number (1..{latest}) or tag one with `featurestore versions --tag`."
+                f"Fix: pass a version number (1..{latest}) or tag one with `featurestore tag NAME -s STORE -m MODEL --version N`."
             )
         return int(tags[version]["version"]), version
     have = {int(v["version"]) for v in table.list_versions()}

@@ -174,3 +174,32 @@ def test_export_labels_pick_the_join_key_as_probe_does(tiny_dinov2, tmp_path, ca
         assert got.column("id").to_pylist() == ids and got.column("label").to_pylist() == names
     rc, _, err = _cli(capsys, "export", "-s", store, "-m", table, "-o", tmp_path / "x.parquet", "--labels", by_uri, "--label-key", "id")
     assert rc == 2 and "has no 'id' column" in err
+
+
+# -- --tag reads a tag; `featurestore tag` writes one -------------------------------------------------
+
+
+def test_versions_tag_shows_a_tagged_version_and_never_writes_one(tiny_dinov2, tmp_path, capsys):
+    write_images(tmp_path / "a", 2)
+    write_images(tmp_path / "b", 2, seed=40)
+    store = tmp_path / "s"
+    fs = FeatureStore(store)
+    first = fs.extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", workers=0, tag="first")
+    fs.extract([tmp_path / "b"], backbone=f"hf:{tiny_dinov2}", workers=0, tag_run=False)
+    rc, out, _ = _cli(capsys, "versions", "-s", store, "-m", first.table, "--tag", "first", "--json")
+    info = json.loads(out)
+    assert rc == 0 and info["selected"] == {"version": first.version, "tag": "first"}
+    assert [(v["version"], v["rows"]) for v in info["versions"]] == [(first.version, 2)]
+    rc, out, _ = _cli(capsys, "versions", "-s", store, "-m", first.table, "--version", str(first.version), "--json")
+    assert rc == 0 and json.loads(out)["selected"] == {"version": first.version, "tag": None}
+    # the old write form: no tag is created, and the message names the command that does it
+    rc, _, err = _cli(capsys, "versions", "-s", store, "-m", first.table, "--tag", "paper-v1")
+    assert rc == 2 and "no tag 'paper-v1'" in err and f"featurestore tag paper-v1 -s {store} -m {first.table}" in err
+    rc, _, err = _cli(capsys, "versions", "-s", store, "-m", first.table, "--tag", "paper-v1", "--at", "2")
+    assert rc == 2 and f"featurestore tag NAME -s {store} -m {first.table} --version 2" in err
+    rc, out, _ = _cli(capsys, "versions", "-s", store, "-m", first.table, "--json")
+    assert json.loads(out)["tags"] == {"first": first.version}
+    # the way to write one
+    assert _cli(capsys, "tag", "paper-v1", "-s", store, "-m", first.table, "--version", first.version)[0] == 0
+    rc, out, _ = _cli(capsys, "versions", "-s", store, "-m", first.table, "--tag", "paper-v1")
+    assert rc == 0 and "first, paper-v1" in out
