@@ -203,3 +203,20 @@ def test_versions_tag_shows_a_tagged_version_and_never_writes_one(tiny_dinov2, t
     assert _cli(capsys, "tag", "paper-v1", "-s", store, "-m", first.table, "--version", first.version)[0] == 0
     rc, out, _ = _cli(capsys, "versions", "-s", store, "-m", first.table, "--tag", "paper-v1")
     assert rc == 0 and "first, paper-v1" in out
+
+
+# -- --id prefixes --------------------------------------------------------------------------------
+
+
+def test_id_prefix_below_the_minimum_says_so(tiny_dinov2, tmp_path, capsys):
+    write_images(tmp_path / "img", 3)
+    store = tmp_path / "s"
+    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0).table
+    from featurestore.readers import FeatureDataset
+
+    row = FeatureDataset(store, table).ids[0]
+    for argv in (["search", "-s", store, "-m", table], ["show", "search", "-s", store, "-m", table, "-o", tmp_path / "g.png"]):
+        rc, _, err = _cli(capsys, *argv, "--id", row[:5])
+        assert rc == 2 and f"id prefix {row[:5]!r} is too short" in err and "at least 6" in err
+    rc, out, err = _cli(capsys, "search", "-s", store, "-m", table, "--id", row[:6], "-k", "1", "--json")
+    assert rc == 0 and json.loads(out)["hits"][0]["id"] == row  # 6 hex digits are enough
