@@ -142,13 +142,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     records = [r.as_dict() for r in host.records]
     if args.json:
         conflicts = {k: reg.conflicts() for k, reg in host.registries.items() if reg.conflicts()}
-        _print_json({"plugins": records, "conflicts": conflicts})
+        _print_json({"plugins": records, "conflicts": conflicts, "warnings": host.env_warnings})
     else:
         rows = []
         for r in records:
             regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items())
             rows.append((r["name"], r["distribution"], r["version"], r["status"], regs, " | ".join(r["errors"])))
         _table("featurestore plugins", ["plugin", "distribution", "version", "status", "registers", "errors"], rows)
+        for w in host.env_warnings:
+            _console().print(f"[yellow]warning:[/] {_esc(w)}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -438,11 +440,23 @@ def _quiet_libraries(verbose: bool) -> Iterator[None]:
             os.environ.pop(k, None)
 
 
+def _warn_plugin_env() -> None:
+    """A typo in FEATURESTORE_PLUGINS / FEATURESTORE_DISABLE_PLUGINS, said once per command:
+    otherwise the plugin silently stays off (or on)."""
+    from featurestore.plugins import ENV_ALLOW, ENV_BLOCK, env_warnings
+
+    if os.environ.get(ENV_ALLOW) or os.environ.get(ENV_BLOCK):
+        for w in env_warnings():
+            sys.stderr.write(f"featurestore: warning: {w}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module doc)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with _quiet_libraries(_wants_verbose(argv)):
         args = build_parser().parse_args(_join_negative_values(argv))
+        if args.func is not cmd_plugins:  # which shows them in its output
+            _warn_plugin_env()
         try:
             return int(args.func(args))
         except FeatureStoreError as exc:

@@ -21,7 +21,7 @@ QUIET_VARS = ("LANCEDB_LOG", "LANCE_LOG", "RUST_LOG", "PYTHONWARNINGS")
 
 
 def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in QUIET_VARS}
+    clean = {k: v for k, v in os.environ.items() if k not in (*QUIET_VARS, "FEATURESTORE_PLUGINS", "FEATURESTORE_DISABLE_PLUGINS")}
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=clean | env)
 
 
@@ -220,3 +220,24 @@ def test_id_prefix_below_the_minimum_says_so(tiny_dinov2, tmp_path, capsys):
         assert rc == 2 and f"id prefix {row[:5]!r} is too short" in err and "at least 6" in err
     rc, out, err = _cli(capsys, "search", "-s", store, "-m", table, "--id", row[:6], "-k", "1", "--json")
     assert rc == 0 and json.loads(out)["hits"][0]["id"] == row  # 6 hex digits are enough
+
+
+# -- FEATURESTORE_PLUGINS typos -------------------------------------------------------------------
+
+
+def test_plugin_env_names_matching_no_installed_plugin_are_reported():
+    typo = "FEATURESTORE_PLUGINS names 'featurestore-transfomers', which matches no installed plugin; installed: "
+    env = {"FEATURESTORE_PLUGINS": "transformers,featurestore-transfomers", "FEATURESTORE_DISABLE_PLUGINS": ""}
+    p = _run([sys.executable, "-m", "featurestore", "backbones", "dinov2_vits14", "--json"], **env)
+    assert p.returncode == 0 and [b["name"] for b in json.loads(p.stdout)] == ["dinov2_vits14"]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("featurestore: warning: " + typo)
+    assert "transformers (featurestore-transformers)" in lines[0] and "Did you mean 'featurestore-transformers'?" in lines[0]
+    p = _run([sys.executable, "-m", "featurestore", "plugins", "--json"], **env)
+    assert p.returncode == 0 and p.stderr.strip() == ""  # `plugins` shows it in its output instead
+    (warning,) = json.loads(p.stdout)["warnings"]
+    assert warning.startswith(typo)
+    p = _run([sys.executable, "-m", "featurestore", "plugins", "--json"], FEATURESTORE_DISABLE_PLUGINS="timn")
+    assert json.loads(p.stdout)["warnings"][0].startswith("FEATURESTORE_DISABLE_PLUGINS names 'timn'")
+    p = _run([sys.executable, "-m", "featurestore", "aggregators", "--json"], FEATURESTORE_PLUGINS="temporal,featurestore-adapters")
+    assert p.returncode == 0 and p.stderr.strip() == ""  # entry point and distribution names both match
