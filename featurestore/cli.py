@@ -365,7 +365,7 @@ def _version() -> str:
 
 # Options whose value may start with "-": ``--layers -4,-3,-2,-1`` is the documented form, but
 # argparse takes "-4,-3,-2,-1" for an option (it only knows plain negative numbers).
-_NEGATIVE_VALUE_OPTIONS = {"--layers": "featurestore.layers:parse_layers"}
+_NEGATIVE_VALUE_OPTIONS = ("--layers",)
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
@@ -374,7 +374,7 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
     A value that does not parse (``--layers --dense``: a forgotten value) is left alone, so
     argparse still reports the missing argument. Nothing after ``--`` is touched.
     """
-    import importlib
+    from featurestore.layers import parse_layers  # light: no torch, no lancedb
 
     out: list[str] = []
     i = 0
@@ -383,11 +383,9 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
         if a == "--":
             out.extend(argv[i:])
             break
-        check = _NEGATIVE_VALUE_OPTIONS.get(a)
-        if check is not None and i + 1 < len(argv) and argv[i + 1].startswith("-"):
-            mod, fn = check.split(":")
+        if a in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
             try:
-                getattr(importlib.import_module(mod), fn)(argv[i + 1])
+                parse_layers(argv[i + 1])
             except FeatureStoreError:
                 pass
             else:
