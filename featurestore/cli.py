@@ -7,9 +7,12 @@ Exit codes: 0 success; 1 the run completed but failed its bar (nothing succeeded
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from typing import Any, Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 from featurestore.errors import FeatureStoreError
 
@@ -24,13 +27,21 @@ def _console():
     return Console()
 
 
+def _esc(value: Any) -> str:
+    """Data (paths, names, messages) inside a rich markup string: printed literally, so a file
+    named ``[bold]x.png`` stays ``[bold]x.png`` while our own ``[red]…[/]`` renders."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
+    t = Table(title=escape(title))  # titles hold paths and queries: data, never markup
+    for c in columns:  # headers may be data too (a probe's class names)
+        t.add_column(escape(str(c)))
     for r in rows:  # cells are data (paths, plugin metadata), never rich markup
         t.add_row(*("" if v is None else escape(str(v)) for v in r))
     _console().print(t)
@@ -68,7 +79,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     else:
         c = _console()
         c.print(
-            f"[bold]{summary.backbone}[/] → table [cyan]{summary.table}[/] (model {summary.model_hash[:12]}) on {summary.device}\n"
+            f"[bold]{_esc(summary.backbone)}[/] → table [cyan]{_esc(summary.table)}[/] (model {summary.model_hash[:12]}) on {_esc(summary.device)}\n"
             f"inputs {summary.inputs}: written {summary.written}, already stored {summary.skipped_existing}, "
             f"duplicate content {summary.skipped_duplicate}, errors {summary.errors} "
             f"({summary.error_rate:.1%}) in {summary.seconds:.1f}s, {summary.images_per_second:.1f} img/s"
@@ -78,15 +89,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
         if summary.videos:
             c.print(f"videos {summary.videos}: frame rows written {summary.frames_written}")
         for t in summary.clip_tables:
-            c.print(f"clips → table [cyan]{t}[/]")
+            c.print(f"clips → table [cyan]{_esc(t)}[/]")
         if summary.clip_tables:
             c.print(f"clip rows written {summary.clips_written}")
         for t, n in summary.adapted_tables.items():
-            c.print(f"adapted → table [cyan]{t}[/]: {n} rows written")
+            c.print(f"adapted → table [cyan]{_esc(t)}[/]: {n} rows written")
         for e in summary.error_samples:
-            c.print(f"  [red]error[/] {e.stage} {e.error_type}: {e.uri}: {e.message}", markup=False, highlight=False)
+            c.print(f"  [red]error[/] {_esc(e.stage)} {_esc(e.error_type)}: {_esc(e.uri)}: {_esc(e.message)}", highlight=False, soft_wrap=True)
         if summary.errors > len(summary.error_samples):
-            c.print(f"  … {summary.errors - len(summary.error_samples)} more in the errors table of {summary.store}")
+            c.print(f"  … {summary.errors - len(summary.error_samples)} more in the errors table of {_esc(summary.store)}", soft_wrap=True)
         if not summary.ok:
             c.print("[red]run failed:[/] " + ("nothing succeeded" if summary.errors == summary.inputs else f"error rate above {args.max_error_rate}"))
     return 0 if summary.ok else 1
@@ -131,13 +142,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     records = [r.as_dict() for r in host.records]
     if args.json:
         conflicts = {k: reg.conflicts() for k, reg in host.registries.items() if reg.conflicts()}
-        _print_json({"plugins": records, "conflicts": conflicts})
+        _print_json({"plugins": records, "conflicts": conflicts, "warnings": host.env_warnings})
     else:
         rows = []
         for r in records:
             regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items())
             rows.append((r["name"], r["distribution"], r["version"], r["status"], regs, " | ".join(r["errors"])))
         _table("featurestore plugins", ["plugin", "distribution", "version", "status", "registers", "errors"], rows)
+        for w in host.env_warnings:
+            _console().print(f"[yellow]warning:[/] {_esc(w)}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -184,7 +197,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         _print_json([r.as_dict() for r in results])
     else:
         for r in results:
-            _console().print(f"{r.aggregator} → table [cyan]{r.table}[/]: {r.videos} videos, {r.clips} clips, {r.written} new")
+            _console().print(f"{_esc(r.aggregator)} → table [cyan]{_esc(r.table)}[/]: {r.videos} videos, {r.clips} clips, {r.written} new")
     return 0
 
 
@@ -230,7 +243,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         n += 1
         counts[r["label"]] = counts.get(r["label"], 0) + 1
         c.print(f"{r['label']}\t{r['score']:.4f}\t{r['uri']}", markup=False, highlight=False)
-    c.print(f"{n} images: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+    c.print(f"{n} images: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])), markup=False, highlight=False)
     return 0
 
 
@@ -240,6 +253,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featurestore", description="Versioned image features in LanceDB, keyed by model hash.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also show the libraries' warnings (LanceDB's log, Python UserWarnings), hidden by default",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("extract", help="extract CLS (and patch) features of images into a store")
@@ -258,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=float, help="with --window: seconds between window starts (default: the window)")
     e.add_argument("--adapter", action="append", metavar="HASH|NAME", help="a fitted adapter of this model (repeatable): adapted rows are written too")
     tg = e.add_mutually_exclusive_group()
-    tg.add_argument("--tag", help="tag the table version the run ends at (default run-<run id>)")
+    tg.add_argument(
+        "--tag", metavar="NAME",
+        help="name the tag this run creates on the version it ends at (default run-<run id>); "
+        "reading commands take --tag to pin a version",
+    )
     tg.add_argument("--no-tag", action="store_true", help="leave that version untagged (so compaction can drop its files)")
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass and per commit (default 32)")
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
@@ -346,18 +367,108 @@ def _version() -> str:
     return __version__
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# Options whose value may start with "-": ``--layers -4,-3,-2,-1`` is the documented form, but
+# argparse takes "-4,-3,-2,-1" for an option (it only knows plain negative numbers).
+_NEGATIVE_VALUE_OPTIONS = ("--layers",)
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--layers -4,-3`` → ``--layers=-4,-3`` where the value parses as the option's value.
+
+    A value that does not parse (``--layers --dense``: a forgotten value) is left alone, so
+    argparse still reports the missing argument. Nothing after ``--`` is touched.
+    """
+    from featurestore.layers import parse_layers  # light: no torch, no lancedb
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out.extend(argv[i:])
+            break
+        if a in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            try:
+                parse_layers(argv[i + 1])
+            except FeatureStoreError:
+                pass
+            else:
+                out.append(f"{a}={argv[i + 1]}")
+                i += 2
+                continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _wants_verbose(argv: Sequence[str]) -> bool:
+    """``-v`` / ``--verbose`` before the command (the global options end at the first word)."""
+    for a in argv:
+        if a in ("-v", "--verbose"):
+            return True
+        if not a.startswith("-"):
+            return False
+    return False
+
+
+# Library noise hidden unless --verbose: LanceDB's Rust log (env_logger, read from these variables
+# when the extension is imported: LANCEDB_LOG by lancedb, LANCE_LOG by pylance; default level
+# warn) and Python UserWarnings of lancedb, torch, transformers …; our own errors go to stderr
+# directly and are never hidden.
+_QUIET_ENV = {"LANCEDB_LOG": "error", "LANCE_LOG": "error"}
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Quiet defaults for one CLI call; the environment is restored afterwards, so ``main``
+    called in-process (tests, notebooks) leaves no trace. A variable the user set wins."""
+    if verbose:
+        yield
+        return
+    env = dict(_QUIET_ENV)
+    user_warnings = "PYTHONWARNINGS" in os.environ or bool(sys.warnoptions)
+    if not user_warnings:
+        env["PYTHONWARNINGS"] = "ignore::UserWarning"  # worker processes (forkserver, spawn) read it
+    added = [k for k in env if k not in os.environ]
+    for k in added:
+        os.environ[k] = env[k]
     try:
-        return int(args.func(args))
-    except FeatureStoreError as exc:
-        if getattr(args, "json", False):
-            _print_json({"error": type(exc).__name__, "message": str(exc)})
-        sys.stderr.write(f"featurestore: error: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("featurestore: interrupted; committed batches are kept, re-run to finish\n")
-        return 130
+        with warnings.catch_warnings():
+            if not user_warnings:
+                warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _warn_plugin_env() -> None:
+    """A typo in FEATURESTORE_PLUGINS / FEATURESTORE_DISABLE_PLUGINS, said once per command:
+    otherwise the plugin silently stays off (or on)."""
+    from featurestore.plugins import ENV_ALLOW, ENV_BLOCK, env_warnings
+
+    if os.environ.get(ENV_ALLOW) or os.environ.get(ENV_BLOCK):
+        for w in env_warnings():
+            sys.stderr.write(f"featurestore: warning: {w}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module doc)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with _quiet_libraries(_wants_verbose(argv)):
+        args = build_parser().parse_args(_join_negative_values(argv))
+        if args.func is not cmd_plugins:  # which shows them in its output
+            _warn_plugin_env()
+        try:
+            return int(args.func(args))
+        except FeatureStoreError as exc:
+            if getattr(args, "json", False):
+                _print_json({"error": type(exc).__name__, "message": str(exc)})
+            sys.stderr.write(f"featurestore: error: {exc}\n")
+            return 2
+        except KeyboardInterrupt:
+            sys.stderr.write("featurestore: interrupted; committed batches are kept, re-run to finish\n")
+            return 130
 
 
 if __name__ == "__main__":

@@ -75,13 +75,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_version(info: dict[str, Any], version: str, store: str, model: str) -> dict[str, Any]:
+    """``info`` narrowed to one version, named by number or tag (``versions --tag NAME``)."""
+    tags = info["tags"]
+    if version.strip().isdigit():
+        v, tag = int(version), None
+    elif version in tags:
+        v, tag = tags[version], version
+    else:
+        known = ", ".join(f"{k} (v{n})" for k, n in sorted(tags.items())) or "none"
+        raise ConfigError(
+            f"table {info['table']} has no tag {version!r} (tags: {known}); `versions --tag` shows a tagged version. "
+            f"Fix: to create the tag, featurestore tag {version} -s {store} -m {model} [--version N]."
+        )
+    rows = [r for r in info["versions"] if r["version"] == v]
+    if not rows:
+        have = [r["version"] for r in info["versions"]]
+        raise ConfigError(f"table {info['table']} has no version {v} (it has {', '.join(map(str, have))}). Fix: pass one of them, or a tag.")
+    return {**info, "versions": rows, "selected": {"version": v, "tag": tag}}
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from featurestore.cli import _print_json, _table
-    from featurestore.readers import table_versions, tag_version
+    from featurestore.readers import table_versions
 
-    if args.tag:
-        tag_version(args.store, args.model, args.tag, args.at)
+    if args.at is not None:  # the old `versions --tag NAME --at N`, which wrote a tag
+        raise ConfigError(
+            f"versions only reads; it no longer tags (--at {args.at}). "
+            f"Fix: featurestore tag NAME -s {args.store} -m {args.model} --version {args.at}."
+        )
     info = table_versions(args.store, args.model)
+    if args.version is not None:
+        info = _one_version(info, args.version, args.store, args.model)
     if args.json:
         _print_json(info)
         return 0
@@ -107,15 +132,21 @@ def add_commands(sub: Any) -> None:
     ex.add_argument("--expect-hash", help="fail unless the model hash starts with this (≥ 6 hex digits)")
     ex.add_argument("--layer", type=int, help="--layers tables: only this stored block's slice")
     ex.add_argument("--labels", help="label table (.parquet/.csv/.tsv) to join; its columns go to Parquet")
-    ex.add_argument("--label-key", choices=("id", "uri"), default="id", help="join labels on id (default) or uri")
+    ex.add_argument(
+        "--label-key", choices=("id", "uri"),
+        help="join labels on id or uri (default: id when the label file has an id column, else uri, as probe does)",
+    )
     ex.add_argument("--drop-missing-labels", action="store_true", help="leave out rows without a label instead of failing")
     ex.add_argument("--json", action="store_true", help="print the summary as JSON")
     ex.set_defaults(func=cmd_export)
 
-    ve = sub.add_parser("versions", help="list the versions and tags of a model's table; --tag pins one")
+    ve = sub.add_parser(
+        "versions", help="list the versions and tags of a model's table (--tag NAME: only that version)",
+        description="Reads only: to tag a version, run `featurestore tag NAME -s STORE -m MODEL [--version N]`.",
+    )
     ve.add_argument("--store", "-s", required=True)
     ve.add_argument("--model", "-m", required=True, help="table name, model hash (prefix) or backbone name")
-    ve.add_argument("--tag", help="tag a version with this name (readers can pin it: --version NAME)")
-    ve.add_argument("--at", type=int, help="with --tag: the version to tag (default: the latest)")
+    ve.add_argument("--version", "--tag", dest="version", help="show only this version (number or tag), as other reading commands pin it")
+    ve.add_argument("--at", type=int, help=argparse.SUPPRESS)  # the old write form: refused with the new command
     ve.add_argument("--json", action="store_true")
     ve.set_defaults(func=cmd_versions)

@@ -4,9 +4,10 @@ Wired into :mod:`featurestore.cli` through ``_COMMAND_MODULES``; errors are
 :class:`~featurestore.errors.FeatureStoreError` subclasses, which the CLI's ``main`` turns
 into exit code 2 with the message.
 
-``--json`` output: for ``--text`` a list of hits ``{rank, id, uri, score}`` (the shape it
-has always had); for every other query an object ``{hits, method, table, query, index,
-params, note}`` where ``method`` is ``"ann"`` (the vector index was used) or ``"exact"``.
+``--json`` output, for every kind of query (text included): an object ``{hits, method, table,
+query, index, params, note}``; ``hits`` are ``{rank, score, uri, id}`` best first, ``method``
+is ``"ann"`` (the vector index was used) or ``"exact"``, ``query`` says what was asked
+(``{"kind": "text", "text": …}``, ``{"kind": "image", "path": …}`` …).
 """
 
 from __future__ import annotations
@@ -24,31 +25,25 @@ def _ann_kw(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _text(args: argparse.Namespace) -> int:
-    from featurestore.api import FeatureStore
-    from featurestore.cli import _print_json, _table
+def _text(fs: Any, args: argparse.Namespace) -> Any:
+    """A text query, encoded by the table's model, searched like any other vector."""
+    from featurestore.zeroshot import text_embeddings
 
-    fs = FeatureStore(args.store)
-    if args.exact or any(v is not None for v in (args.nprobes, args.refine_factor, args.ef)):
-        from featurestore.zeroshot import text_embeddings
-
-        if not args.text.strip():
-            raise ConfigError("--text is empty. Fix: describe what to find, e.g. --text 'a photo of a dog'.")
-        card, backbone = fs.text_backbone(args.model, weights=args.weights, device=args.device, roots=args.root)
-        query = text_embeddings(backbone, [args.text])[0]
-        hits = fs.search_vector(card.table, query, query={"kind": "text", "text": args.text}, **_ann_kw(args)).hits
-    else:  # the original text search, unchanged
-        hits = fs.search(args.model, args.text, k=args.k, weights=args.weights, device=args.device, version=args.version, roots=args.root)
-    if args.json:
-        _print_json(hits)
-    else:
-        _table(f"{args.text!r} in {args.model}", ["rank", "score", "uri", "id"], [(h["rank"], f"{h['score']:.4f}", h["uri"], h["id"][:12]) for h in hits])
-    return 0
+    if not args.text.strip():
+        raise ConfigError("--text is empty. Fix: describe what to find, e.g. --text 'a photo of a dog'.")
+    card, backbone = fs.text_backbone(args.model, weights=args.weights, device=args.device, roots=args.root)
+    query = text_embeddings(backbone, [args.text])[0]
+    return fs.search_vector(card.table, query, query={"kind": "text", "text": args.text}, **_ann_kw(args))
 
 
 def _describe(res: Any) -> str:
     q = res.query
-    what = {"image": lambda: f"image {q['path']}", "id": lambda: f"id {q['id'][:12]} ({q['uri']})", "vector": lambda: f"vector {q.get('path', '')}"}
+    what = {
+        "text": lambda: f"text {q['text']!r}",
+        "image": lambda: f"image {q['path']}",
+        "id": lambda: f"id {q['id'][:12]} ({q['uri']})",
+        "vector": lambda: f"vector {q.get('path', '')}",
+    }
     head = what.get(q["kind"], lambda: q["kind"])()
     if "tokens" in q:
         head = f"{q['tokens']} patch tokens of {head}" + (f" in region {q['region']}" if "region" in q else "")
@@ -57,9 +52,7 @@ def _describe(res: Any) -> str:
         how = f"ANN {res.index['kind']} (nprobes {p['nprobes']}, refine {p['refine_factor']}" + (f", ef {p['ef']})" if p["ef"] else ")")
     else:
         how = "exact"
-    from rich.markup import escape  # paths and regions hold brackets: data, never markup
-
-    return escape(f"{head} in {res.table} — {how}")
+    return f"{head} in {res.table} — {how}"  # a table title: _table prints it literally
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -71,10 +64,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError("--region selects patch tokens: it needs --patches.")
     if args.patches and (args.text is not None or args.vector is not None):
         raise ConfigError("--patches needs --image or --id (the query's patch tokens), not --text or --vector.")
-    if args.text is not None:
-        return _text(args)
     fs = FeatureStore(args.store)
-    if args.patches:
+    if args.text is not None:
+        res = _text(fs, args)
+    elif args.patches:
         if any(v is not None for v in (args.nprobes, args.refine_factor, args.ef)):
             raise ConfigError("--nprobes / --refine-factor / --ef tune the cls index; patch search takes only --exact.")
         res = fs.search_patches(

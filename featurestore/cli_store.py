@@ -106,7 +106,7 @@ def add_commands(sub: Any) -> None:
     co = sub.add_parser("compact", help="rewrite tables into few files; then drop the files of untagged old versions")
     co.add_argument("--store", "-s", required=True)
     co.add_argument("--model", "-m", help="only this model's table (default: every table)")
-    co.add_argument("--tag", help="tag each compacted version with this name")
+    co.add_argument("--tag", metavar="NAME", help="name the tag this run creates on each compacted version (as extract --tag)")
     co.add_argument("--keep-versions", action="store_true", help="compact only; keep every old version")
     co.add_argument("--json", action="store_true")
     co.set_defaults(func=cmd_compact)

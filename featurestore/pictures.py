@@ -78,6 +78,9 @@ def _image_id(image: str | Path) -> tuple[str, bytes]:
 
 def _row(table: Any, row_id: str, columns: Sequence[str]) -> dict[str, Any] | None:
     """The row with this id, or with this unique hex prefix (>= 6 characters) of one."""
+    from featurestore.search import check_id_prefix
+
+    check_id_prefix(row_id)
     ref = row_id.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{6,64}", ref):  # ids are hex SHA-256; this also keeps the SQL literal safe
         raise ConfigError(f"id {row_id!r} is not a row id (hex SHA-256, or a prefix of at least 6 of its characters).")

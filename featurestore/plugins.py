@@ -9,6 +9,10 @@ Environment variables (comma-separated entry point or distribution names):
 
 - ``FEATURESTORE_PLUGINS``: allowlist; when set, only these plugins load.
 - ``FEATURESTORE_DISABLE_PLUGINS``: blocklist; these plugins never load.
+
+A name in either that matches no installed plugin (a typo) is reported: by
+:func:`env_warnings`, in :attr:`PluginHost.env_warnings`, by ``featurestore plugins`` and, once
+per command, on the CLI's stderr.
 """
 
 from __future__ import annotations
@@ -66,6 +70,40 @@ def _split_env(var: str) -> set[str]:
     return {_norm(p.strip()) for p in os.environ.get(var, "").split(",") if p.strip()}
 
 
+def _env_names(var: str) -> list[str]:
+    """The names a user wrote in ``var``, as written (for messages)."""
+    return [p.strip() for p in os.environ.get(var, "").split(",") if p.strip()]
+
+
+def _installed(eps: Any) -> dict[str, str | None]:
+    """Entry point name → distribution name, of each installed plugin."""
+    out: dict[str, str | None] = {}
+    for ep in eps:
+        out.setdefault(ep.name, ep.dist.name if ep.dist is not None else None)
+    return out
+
+
+def env_warnings(eps: Any = None) -> list[str]:
+    """One message per name in ``FEATURESTORE_PLUGINS`` / ``FEATURESTORE_DISABLE_PLUGINS`` that
+    matches no installed plugin. Reads entry point metadata only: no plugin is imported."""
+    import difflib
+
+    if not (os.environ.get(ENV_ALLOW) or os.environ.get(ENV_BLOCK)):
+        return []
+    installed = _installed(metadata.entry_points(group=ENTRY_POINT_GROUP) if eps is None else eps)
+    known = {_norm(n) for pair in installed.items() for n in pair if n}
+    listing = ", ".join(f"{n} ({d})" if d else n for n, d in sorted(installed.items())) or "none"
+    out = []
+    for var in (ENV_ALLOW, ENV_BLOCK):
+        for name in _env_names(var):
+            if _norm(name) in known:
+                continue
+            close = difflib.get_close_matches(_norm(name), sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            out.append(f"{var} names {name!r}, which matches no installed plugin; installed: {listing}.{hint}")
+    return out
+
+
 def _one_line(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
@@ -78,12 +116,14 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.records: list[PluginRecord] = []
         self.registries: dict[str, Registry] = {k: Registry(k) for k in KINDS}
+        self.env_warnings: list[str] = []  # allow/block list names that match no installed plugin
         self._load()
 
     # -- loading -------------------------------------------------------------
     def _load(self) -> None:
         allow, block = _split_env(ENV_ALLOW), _split_env(ENV_BLOCK)
         eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        self.env_warnings = env_warnings(eps)
         seen: set[str] = set()
         for ep in eps:
             if ep.name in seen:  # the same dist visible twice on sys.path

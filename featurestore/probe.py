@@ -43,44 +43,24 @@ _SMALL = 4_000_000  # feature matrices below this many values are probed on one 
 
 
 def read_label_file(path: str | Path) -> tuple[pa.Table, str]:
-    """A label table (``key`` and ``label`` as strings) from Parquet or CSV/TSV, and its key.
-
-    The key is ``id`` when the file has that column, else ``uri``. Rows with an empty label
-    are left out.
+    """A label table (``key`` and ``label`` as strings) and its key, read by
+    :func:`featurestore.readers.read_labels` (``id`` when the file has that column, else
+    ``uri``). Rows with an empty label are left out.
 
     Raises:
-        ConfigError: Missing file, unknown format, or no ``label`` / ``id`` / ``uri`` column.
+        ConfigError: Missing file, unknown format, no ``label`` / ``id`` / ``uri`` column,
+            or empty / repeated keys.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"label file {str(p)!r} does not exist. Fix: pass a .csv, .tsv or .parquet file with columns id (or uri) and label.")
-    suffix = p.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+    from featurestore.readers import read_labels
 
-        t = pq.read_table(p)
-    elif suffix in (".csv", ".tsv"):
-        from pyarrow import csv
-
-        # ids, uris and labels stay strings even when they look like numbers
-        types = {c: pa.string() for c in ("id", "uri", "label")}
-        delim = "\t" if suffix == ".tsv" else ","
-        t = csv.read_csv(p, parse_options=csv.ParseOptions(delimiter=delim), convert_options=csv.ConvertOptions(column_types=types))
-    else:
-        raise ConfigError(f"label file {str(p)!r}: unknown format {suffix!r}. Fix: use .csv, .tsv or .parquet.")
-    cols = t.column_names
-    key = "id" if "id" in cols else "uri" if "uri" in cols else None
-    if "label" not in cols or key is None:
-        need = [c for c in ("label",) if c not in cols] + ([] if key else ["id or uri"])
+    t, key = read_labels(path, text_columns=("label",))
+    if "label" not in t.column_names:
         raise ConfigError(
-            f"label file {str(p)!r} lacks the column(s) {', '.join(need)} (it has: {', '.join(cols) or 'none'}). "
+            f"label file {str(path)!r} lacks the column(s) label (it has: {', '.join(t.column_names)}). "
             "Fix: one row per image with columns id (the row id, SHA-256 of the file) or uri (the path as stored), and label."
         )
-    keys = t.column(key).cast(pa.string())
-    labels = t.column("label").cast(pa.string())
-    out = pa.table({key: keys, "label": labels})
-    ok = pc.and_(pc.is_valid(out.column(key)), pc.is_valid(out.column("label")))
-    return out.filter(ok), key
+    out = pa.table({key: t.column(key), "label": t.column("label").cast(pa.string())})
+    return out.filter(pc.is_valid(out.column("label"))), key
 
 
 def class_order(names: Sequence[str]) -> list[str]:

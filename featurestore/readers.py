@@ -100,7 +100,7 @@ def resolve_version(table: Any, version: int | str | None) -> tuple[int, str | N
             known = ", ".join(f"{k} (v{v['version']})" for k, v in sorted(tags.items())) or "none"
             raise ConfigError(
                 f"table {table.name} has no tag {version!r} (tags: {known}). "
-                f"Fix: pass a version number (1..{latest}) or tag one with `featurestore versions --tag`."
+                f"Fix: pass a version number (1..{latest}) or tag one with `featurestore tag NAME -s STORE -m MODEL --version N`."
             )
         return int(tags[version]["version"]), version
     have = {int(v["version"]) for v in table.list_versions()}
@@ -142,14 +142,36 @@ def table_versions(store: Any, model: str) -> dict[str, Any]:
 # -- labels ----------------------------------------------------------------------------
 
 
-def load_labels(source: str | Path | pa.Table, key: str) -> pa.Table:
-    """A label table from Parquet, CSV/TSV or Arrow, with ``key`` as a unique string column."""
+LABEL_KEYS = ("id", "uri")
+
+
+def read_labels(
+    source: str | Path | pa.Table, key: str | None = None, *, text_columns: Sequence[str] = ()
+) -> tuple[pa.Table, str]:
+    """Read a label table and pick its join key: the one label reader of export, probe,
+    adapters and map pictures, so a file joins the same way everywhere.
+
+    Args:
+        source: a ``.parquet`` / ``.csv`` / ``.tsv`` file, or an Arrow table.
+        key: ``"id"`` or ``"uri"``; None picks ``id`` when the table has that column, else ``uri``.
+        text_columns: more columns read as strings from CSV/TSV (keys always are), so a
+            label such as ``007`` keeps its zeros.
+
+    Returns:
+        The table, with ``key`` as a string column of unique, non-empty values, and the key.
+
+    Raises:
+        ConfigError: Missing file, unknown format, no key column, or empty / repeated keys.
+    """
+    if key is not None and key not in LABEL_KEYS:
+        raise ConfigError(f"label key {key!r}: labels join by 'id' or 'uri'.")
     if isinstance(source, pa.Table):
-        t = source
+        t, what = source, "the label table"
     else:
         path = Path(source)
+        what = f"label file {str(path)!r}"
         if not path.is_file():
-            raise ConfigError(f"label file {str(path)!r} does not exist. Fix: pass a .parquet, .csv or .tsv file.")
+            raise ConfigError(f"{what} does not exist. Fix: pass a .csv, .tsv or .parquet file with columns id (or uri) and label.")
         suffix = path.suffix.lower()
         if suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
@@ -158,21 +180,29 @@ def load_labels(source: str | Path | pa.Table, key: str) -> pa.Table:
         elif suffix in (".csv", ".tsv"):
             from pyarrow import csv
 
-            # keys stay strings even when they look like numbers
-            opts = csv.ConvertOptions(column_types={key: pa.string()})
+            # keys stay strings even when they look like numbers (columns the file lacks are ignored)
+            opts = csv.ConvertOptions(column_types={c: pa.string() for c in (*LABEL_KEYS, *text_columns)})
             t = csv.read_csv(path, parse_options=csv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","), convert_options=opts)
         else:
-            raise ConfigError(f"label file {str(path)!r}: unknown format {suffix!r}. Fix: use .parquet, .csv or .tsv.")
-    if key not in t.column_names:
-        raise ConfigError(f"the label table has no {key!r} column (columns: {', '.join(t.column_names)}). Fix: add it, or join by the other key.")
+            raise ConfigError(f"{what}: unknown format {suffix!r}. Fix: use .csv, .tsv or .parquet.")
+    cols = t.column_names
+    if key is None:
+        key = next((k for k in LABEL_KEYS if k in cols), None)
+        if key is None:
+            raise ConfigError(
+                f"{what} lacks the column(s) id or uri (it has: {', '.join(cols) or 'none'}). Fix: one row per image "
+                "with a column id (the row id, SHA-256 of the file) or uri (the path as stored)."
+            )
+    elif key not in cols:
+        raise ConfigError(f"{what} has no {key!r} column (columns: {', '.join(cols)}). Fix: add it, or join by the other key.")
     keys = t.column(key).cast(pa.string()).to_pylist()
     if None in keys:
-        raise ConfigError(f"the label table has rows with an empty {key!r}. Fix: remove them.")
+        raise ConfigError(f"{what} has rows with an empty {key!r}. Fix: remove them.")
     if len(set(keys)) != len(keys):
         seen: set[str] = set()
         dup = sorted({k for k in keys if k in seen or seen.add(k)})  # type: ignore[func-returns-value]
-        raise ConfigError(f"the label table repeats {key} values: {_few(dup)}. Fix: one row per {key}.")
-    return t.set_column(t.column_names.index(key), key, pa.array(keys, pa.string()))
+        raise ConfigError(f"{what} repeats {key} values: {_few(dup)}. Fix: one row per {key}.")
+    return t.set_column(cols.index(key), key, pa.array(keys, pa.string())), key
 
 
 # -- arrow → numpy ---------------------------------------------------------------------
@@ -268,10 +298,12 @@ class FeatureDataset(Dataset):
             ``card.layers``): ``cls`` and ``patches`` become that block's slice.
         version: a table version number or tag; None pins the latest at construction.
         expected_hash: the model hash (or a prefix of ≥ 6 hex digits) the table must have.
-        labels: a ``.parquet`` / ``.csv`` / ``.tsv`` file or an Arrow table joined on ``label_key``.
+        labels: a ``.parquet`` / ``.csv`` / ``.tsv`` file or an Arrow table joined on ``label_key``
+            (read by :func:`read_labels`).
         label_key: ``"id"`` or ``"uri"`` (uris match as stored; relative ones, in the label file or
-            an older store, are taken from the current directory).
-        label_columns: which label columns to add to items (default all but the key).
+            an older store, are taken from the current directory); None (default): ``id`` when the
+            labels have that column, else ``uri``, as ``probe`` picks it.
+        label_columns: which label columns to add to items (default all but the keys id and uri).
         drop_missing_labels: leave out rows without a label instead of raising.
         dtype: dtype of the feature tensors (stored ``cls`` is float32, ``patches`` float16).
 
@@ -293,7 +325,7 @@ class FeatureDataset(Dataset):
         version: int | str | None = None,
         expected_hash: str | None = None,
         labels: str | Path | pa.Table | None = None,
-        label_key: str = "id",
+        label_key: str | None = None,
         label_columns: Sequence[str] | None = None,
         drop_missing_labels: bool = False,
         dtype: torch.dtype = torch.float32,
@@ -313,9 +345,8 @@ class FeatureDataset(Dataset):
         self.dtype = dtype
         self._slices = self._layer_slices(layer)
         self.layer = layer
-        if label_key not in ("id", "uri"):
-            raise ConfigError(f"label_key {label_key!r}: labels join by 'id' or 'uri'.")
-        by_uri = labels is not None and label_key == "uri"
+        lab, key = read_labels(labels, label_key) if labels is not None else (None, None)
+        by_uri = key == "uri"
         row_ids, rowids, uris = self._scan_rows(table, where, with_uri=by_uri)
         if ids is not None:
             pick = self._pick(row_ids, ids, where)
@@ -324,8 +355,8 @@ class FeatureDataset(Dataset):
         self.where = where
         self.label_names: list[str] = []
         self._labels: dict[str, list[Any]] = {}
-        if labels is not None:
-            keep = self._join_labels(load_labels(labels, label_key), label_key, label_columns, uris if by_uri else row_ids, drop_missing_labels)
+        if lab is not None:
+            keep = self._join_labels(lab, key, label_columns, uris if by_uri else row_ids, drop_missing_labels)
             row_ids, rowids = [row_ids[i] for i in keep], rowids[keep]
         self.ids: list[str] = row_ids
         self._rowids = np.ascontiguousarray(rowids, np.int64)
@@ -401,7 +432,8 @@ class FeatureDataset(Dataset):
 
     def _join_labels(self, lab: pa.Table, key: str, label_columns: Sequence[str] | None, keys: list[str], drop: bool) -> np.ndarray:
         """Attach label columns aligned to ``keys``; returns the positions that keep a label."""
-        names = list(label_columns) if label_columns is not None else [c for c in lab.column_names if c != key]
+        # both keys identify rows (a file may carry id and uri): neither is a label column by default
+        names = list(label_columns) if label_columns is not None else [c for c in lab.column_names if c not in LABEL_KEYS]
         bad = [c for c in names if c not in lab.column_names]
         if bad:
             raise ConfigError(f"label columns {bad} are not in the label table (columns: {', '.join(lab.column_names)}).")

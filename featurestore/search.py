@@ -106,8 +106,27 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+MIN_ID_PREFIX = 6  # hex digits of a row id that name it (ids are 64: SHA-256)
+
+
+def check_id_prefix(row_id: str) -> None:
+    """Refuse a hex id prefix shorter than :data:`MIN_ID_PREFIX`, saying so, rather than
+    answer "no such id" for a row that may well exist.
+
+    Raises:
+        ConfigError: ``row_id`` is 1 to 5 hex digits.
+    """
+    ref = row_id.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{1,%d}" % (MIN_ID_PREFIX - 1), ref):
+        raise ConfigError(
+            f"id prefix {row_id!r} is too short: {len(ref)} hex digit(s), an id prefix needs at least {MIN_ID_PREFIX}. "
+            "Fix: pass more of the id (ids are the 64 hex digits of the SHA-256 of the file's bytes)."
+        )
+
+
 def stored_row(table: Any, row_id: str, columns: Sequence[str]) -> dict[str, Any]:
     """The row with this ``id``, or with this unique hex prefix (>= 6 characters) of one."""
+    check_id_prefix(row_id)
     cols = list(dict.fromkeys(["id", "uri", *columns]))
     rows = table.search().where(f"id = {_sql_str(row_id)}").select(cols).limit(1).to_arrow().to_pylist()
     if not rows and len(row_id) >= 6 and re.fullmatch(r"[0-9a-f]+", row_id):
@@ -485,5 +504,7 @@ __all__ = [
     "parse_region",
     "region_tokens",
     "stored_row",
+    "check_id_prefix",
+    "MIN_ID_PREFIX",
     "verify_image_backbone",
 ]

@@ -39,8 +39,8 @@ class VerifyReport:
     weights_ok: bool
     checked: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
-    max_abs_cls: float = 0.0
-    min_cos_cls: float = 1.0
+    max_abs_cls: float | None = None  # None: no row was compared (a figure over nothing means nothing)
+    min_cos_cls: float | None = None
     min_cos_patches: float | None = None
     atol: float = DEFAULT_ATOL
     patch_cos: float = DEFAULT_PATCH_COS
@@ -164,12 +164,11 @@ def verify(
         report.min_cos_cls = min(r["cos_cls"] for r in diffs)
         report.worst = sorted(diffs, key=lambda r: -r["max_abs_cls"])[:5]
     report.min_cos_patches = patch_cos_min
-    drift = report.max_abs_cls > atol or (patch_cos_min is not None and patch_cos_min < patch_cos)
     if not diffs:
-        report.message = f"no stored image row of {card.table} could be re-read from its source ({skipped or 'no image rows'})."
+        report.message = _nothing_checked(card.table, len(ds), skipped)
         if report.missing:
             report.message += " " + missing_message(report.missing[0], resolve_source(report.missing[0], roots), bool(roots))
-    elif drift:
+    elif report.max_abs_cls > atol or (patch_cos_min is not None and patch_cos_min < patch_cos):
         report.message = (
             f"features drifted: max |cls difference| {report.max_abs_cls:.3g} (tolerance {atol:g}), min cls cosine "
             f"{report.min_cos_cls:.6f}" + (f", min patch cosine {patch_cos_min:.6f} (tolerance {patch_cos:g})" if patch_cos_min is not None else "")
@@ -180,6 +179,17 @@ def verify(
         report.ok = True
         report.message = f"{len(diffs)} rows re-extracted within tolerance (max |cls difference| {report.max_abs_cls:.3g})."
     return report
+
+
+def _nothing_checked(table: str, rows: int, skipped: dict[str, int]) -> str:
+    """Why verify compared no row: the report fails rather than pass on nothing."""
+    if not rows:
+        return f"nothing checked: table {table} has no rows. Fix: extract into it first, or verify another model."
+    why = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+    return (
+        f"nothing checked: none of the {sum(skipped.values())} sampled rows of {table} could be re-read from its source "
+        f"({why}). Fix: run verify where the extracted files are, at the same paths and unchanged."
+    )
 
 
 __all__ = ["VerifyReport", "verify"]

@@ -341,7 +341,9 @@ def test_exports_round_trip(synth, tmp_path):
 
 def test_cli_export_and_versions(synth, tmp_path, capsys):
     path, src = synth
-    assert cli_main(["versions", "--store", str(path), "--model", "toy", "--tag", "v-img", "--at", "3", "--json"]) == 0
+    assert cli_main(["tag", "v-img", "--store", str(path), "--model", "toy", "--version", "3"]) == 0
+    capsys.readouterr()
+    assert cli_main(["versions", "--store", str(path), "--model", "toy", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["tags"] == {"v-img": 3} and [v["rows"] for v in info["versions"]] == [0, 40, 80, 120]
     args = ["export", "-s", str(path), "-m", "toy", "-o", str(tmp_path / "e.npy"), "--where", "video_id IS NULL", "--version", "v-img"]

@@ -247,17 +247,22 @@ def test_other_weights_are_refused_for_image_queries(real, grid4_model, tiny_mod
     assert "the preprocessing of" in err and dense in err
 
 
-def test_text_search_keeps_its_list_output_and_takes_exact(tiny_openclip, tmp_path, capsys):
-    """--text prints the list of hits it always printed, with or without --exact; a --layers table of
-    the same CLIP model (no text space) still takes image queries: its text tower is not held against it."""
+def test_text_search_prints_the_object_every_query_prints_and_takes_exact(tiny_openclip, tmp_path, capsys):
+    """--text --json prints the same object as the other query kinds, with or without --exact; a
+    --layers table of the same CLIP model (no text space) still takes image queries: its text tower
+    is not held against it."""
     write_images(tmp_path / "img", 5, fmt="PNG", seed=21)
     fs = FeatureStore(tmp_path / "s")
     table = fs.extract([tmp_path / "img"], backbone=f"open_clip:local-dir:{tiny_openclip}", workers=0).table
     plain = _cli_json(capsys, "search", "-s", fs.path, "-m", table, "--text", "a red square", "-k", 3)
     exact = _cli_json(capsys, "search", "-s", fs.path, "-m", table, "--text", "a red square", "-k", 3, "--exact")
-    assert isinstance(plain, list) and [h["id"] for h in plain] == [h["id"] for h in exact]
-    np.testing.assert_allclose([h["score"] for h in plain], [h["score"] for h in exact], atol=1e-5)
-    assert set(plain[0]) == {"rank", "id", "uri", "score"}
+    image = _cli_json(capsys, "search", "-s", fs.path, "-m", table, "--image", tmp_path / "img" / "img_00000.png", "-k", 3)
+    assert isinstance(plain, dict) and set(plain) == set(exact) == set(image)
+    assert plain["query"] == {"kind": "text", "text": "a red square"} and plain["table"] == table
+    assert (plain["method"], exact["method"]) == ("exact", "exact")  # no index: every row compared
+    assert [h["id"] for h in plain["hits"]] == [h["id"] for h in exact["hits"]]
+    np.testing.assert_allclose([h["score"] for h in plain["hits"]], [h["score"] for h in exact["hits"]], atol=1e-5)
+    assert set(plain["hits"][0]) == {"rank", "id", "uri", "score"}
     layers = fs.extract([tmp_path / "img"], backbone=f"open_clip:local-dir:{tiny_openclip}", layers="last2", workers=0).table
     img = str(tmp_path / "img" / "img_00002.png")
     out = _cli_json(capsys, "search", "-s", fs.path, "-m", layers, "--image", img, "-k", 2)

@@ -57,7 +57,9 @@ def test_search_ranks_by_cosine_and_reads_only_the_store(extracted, capsys):
     version, rows = table.version, table.count_rows()
     rc = main(["search", "--store", fs.path, "--model", tables["clip"], "--text", "a photo of a dog", "-k", "4", "--json"])
     assert rc == 0
-    hits = json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)
+    assert out["query"] == {"kind": "text", "text": "a photo of a dog"} and out["table"] == tables["clip"]
+    hits = out["hits"]
     uris, cls = _stored(fs, tables["clip"])
     q = _unit(_ref_text(dirs["clip"], ["a photo of a dog"])[0])
     sims = _unit(cls) @ q
