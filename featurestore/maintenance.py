@@ -36,12 +36,19 @@ def _version_times(table: Any) -> dict[int, datetime]:
     return out
 
 
-def _cleanup_cutoff(table: Any, older_than: timedelta, now: datetime) -> tuple[timedelta, str | None]:
-    """The ``older_than`` to pass to LanceDB so that no tagged version is reached."""
+def _cleanup_cutoff(
+    table: Any, older_than: timedelta, margin: timedelta = timedelta(milliseconds=10)
+) -> tuple[timedelta, str | None]:
+    """The ``older_than`` to pass to LanceDB so that no tagged version is reached.
+
+    LanceDB measures ``older_than`` from its own "now", taken a little after ours: the
+    ``margin`` (above the timestamps' microsecond resolution) covers that gap.
+    """
     tags = {k: int(v["version"]) for k, v in table.tags.list().items()}
     if not tags:
         return older_than, None
     times = _version_times(table)
+    now = datetime.now(timezone.utc)  # after the listing calls, which can be slow on a busy machine
     oldest = min(tags.values())
     if oldest not in times:  # pragma: no cover - a tag always points at a live version
         raise StoreError(f"table {table.name}: tag of version {oldest} points at no version")
@@ -50,8 +57,7 @@ def _cleanup_cutoff(table: Any, older_than: timedelta, now: datetime) -> tuple[t
     if keep_from <= older_than:
         return older_than, None
     held = ", ".join(sorted(k for k, v in tags.items() if v == oldest))
-    # a margin above the timestamps' microsecond resolution
-    return keep_from + timedelta(milliseconds=10), f"kept versions from {oldest} on (tagged {held})"
+    return keep_from + margin, f"kept versions from {oldest} on (tagged {held})"
 
 
 def compact(store: Store, model: str | None = None, *, cleanup: bool = True, tag: str | None = None) -> list[dict[str, Any]]:
@@ -107,9 +113,18 @@ def cleanup(store: Store, model: str | None = None, *, older_than: timedelta = t
 
 
 def _cleanup(table: Any, older_than: timedelta) -> str | None:
-    cutoff, note = _cleanup_cutoff(table, older_than, datetime.now(timezone.utc))
-    table.optimize(cleanup_older_than=cutoff)
-    return note
+    # When the process stalls between our clock reading and LanceDB's for longer than the
+    # margin, LanceDB refuses (it would reach the tagged version) and nothing is removed:
+    # try again with a wider margin, which only keeps a few more versions.
+    for margin_ms in (10, 200, 5000):
+        cutoff, note = _cleanup_cutoff(table, older_than, timedelta(milliseconds=margin_ms))
+        try:
+            table.optimize(cleanup_older_than=cutoff)
+            return note
+        except RuntimeError as exc:
+            if "tagged version" not in str(exc) or margin_ms == 5000:
+                raise
+    return None  # pragma: no cover - the loop returns or raises
 
 
 def _data_files(table: Any) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -263,3 +264,22 @@ def test_tag_is_another_name_for_version_on_reading_commands(tiny_dinov2, images
     out = tmp_path / "x.parquet"
     assert cli_main(["export", "-s", str(store), "-m", first.table, "-o", str(out), "--tag", "first", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 6
+
+
+def test_cleanup_retries_with_a_wider_margin_when_lancedb_would_reach_a_tag(tiny_dinov2, images, tmp_path):
+    from datetime import timedelta
+
+    from featurestore.maintenance import _cleanup, _cleanup_cutoff
+
+    store = tmp_path / "s"
+    _extract(store, images, tiny_dinov2, tag_run=False)
+    s = _extract(store, images, tiny_dinov2, sub="b", tag="kept")
+    table = Store(store).open_table(s.table)
+    time.sleep(0.6)  # the tagged version is now > 0.5 s old
+    # a cutoff that lands past the tag (as when the process stalls longer than the margin
+    # between our clock reading and LanceDB's) is refused with the message _cleanup matches
+    cutoff, _ = _cleanup_cutoff(table, timedelta(0), timedelta(seconds=-0.3))
+    with pytest.raises(RuntimeError, match="tagged version"):
+        table.optimize(cleanup_older_than=cutoff)
+    note = _cleanup(table, timedelta(0))
+    assert "tagged kept" in note and len(FeatureDataset(store, s.table, version="kept")) == 10
