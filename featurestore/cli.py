@@ -142,7 +142,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from featurestore.api import list_backbones
+    from featurestore.plugins import list_backbones
 
     items = list_backbones(args.pattern)
     if args.json:

@@ -77,7 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from featurestore.cli import _print_json, _table
-    from featurestore.readers import table_versions, tag_version
+    from featurestore.versions import table_versions, tag_version
 
     if args.tag:
         tag_version(args.store, args.model, args.tag, args.at)

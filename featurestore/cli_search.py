@@ -133,7 +133,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Register ``search`` and ``index`` on the main parser's subparsers."""
-    from featurestore.search import DEFAULT_KIND, INDEX_KINDS
+    from featurestore.index_kinds import DEFAULT_KIND, INDEX_KINDS
 
     se = sub.add_parser(
         "search",

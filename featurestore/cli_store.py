@@ -13,7 +13,7 @@ from typing import Any
 
 def cmd_tag(args: argparse.Namespace) -> int:
     from featurestore.cli import _console, _print_json
-    from featurestore.readers import tag_version
+    from featurestore.versions import tag_version
 
     v = tag_version(args.store, args.model, args.name, args.version)
     if args.json:
