@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 
 def create_backbone(name: str, weights: str | None = None) -> Backbone:
     """Build a registered backbone by name (``dinov2_vits14``, ``hf:<id or dir>`` …)."""
-    from featurestore.backbone import Backbone
-
     entry = get_host().backbones.get(name)
     backbone = entry.factory(name, weights=weights)
+    from featurestore.backbone import Backbone  # torch: loaded by the factory by now, unless it failed first
+
     if not isinstance(backbone, Backbone):
         raise ConfigError(
             f"plugin {entry.plugin!r} returned {type(backbone).__name__} for backbone {name!r}, "
@@ -136,10 +136,11 @@ class FeatureStore:
             tag=tag,
             tag_run=tag_run,
         )
+        sources = expand_sources(str(p) for p in paths)
+        model = self.backbone(backbone, weights)  # a hub that cannot be reached fails here, before torch is imported
         from featurestore.extract import run_extraction
 
-        sources = expand_sources(str(p) for p in paths)
-        return run_extraction(self.store, self.backbone(backbone, weights), sources, config, progress=progress)
+        return run_extraction(self.store, model, sources, config, progress=progress)
 
     def models(self) -> list[dict[str, Any]]:
         """One dict per model: ``model_hash``, ``backbone``, ``table``, ``rows``, ``dim`` …"""
