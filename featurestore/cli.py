@@ -92,10 +92,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from featurestore.api import FeatureStore
+def _catalog(store: str, key: str, read: Any) -> Any:
+    """``read(FeatureStore(store))``, answered from the store's catalog cache while the store
+    is unchanged (featurestore.catalog_cache: no LanceDB import then)."""
+    from featurestore.catalog_cache import cached
 
-    models = FeatureStore(args.store).models()
+    def compute() -> Any:
+        from featurestore.api import FeatureStore
+
+        return read(FeatureStore(store))
+
+    return cached(store, key, compute)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    models = _catalog(args.store, "models", lambda fs: fs.models())
     if args.json:
         _print_json(models)
     else:
@@ -113,9 +124,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    from featurestore.api import FeatureStore
-
-    rows = FeatureStore(args.store).errors(args.run)
+    rows = _catalog(args.store, f"errors:{args.run}", lambda fs: fs.errors(args.run))
     if args.json:
         _print_json(rows)
     else:
@@ -189,9 +198,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_clips(args: argparse.Namespace) -> int:
-    from featurestore.api import FeatureStore
-
-    items = FeatureStore(args.store).clips()
+    items = _catalog(args.store, "clips", lambda fs: fs.clips())
     if args.json:
         _print_json(items)
     else:

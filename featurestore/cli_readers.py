@@ -76,12 +76,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
+    from featurestore.catalog_cache import cached
     from featurestore.cli import _print_json, _table
-    from featurestore.versions import table_versions, tag_version
 
     if args.tag:
+        from featurestore.versions import tag_version
+
         tag_version(args.store, args.model, args.tag, args.at)
-    info = table_versions(args.store, args.model)
+
+    def compute() -> dict[str, Any]:
+        from featurestore.versions import table_versions
+
+        return table_versions(args.store, args.model)
+
+    info = cached(args.store, f"versions:{args.model}", compute)  # no LanceDB import while the store is unchanged
     if args.json:
         _print_json(info)
         return 0
