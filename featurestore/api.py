@@ -137,6 +137,12 @@ class FeatureStore:
             tag_run=tag_run,
         )
         sources = expand_sources(str(p) for p in paths)
+        if workers and (backbone, weights) not in self._backbones:
+            # the workers' forkserver imports torch and the plugin's image processing while this
+            # process loads the model (seconds each): side by side instead of one after the other
+            from featurestore.workers import start_worker_server
+
+            start_worker_server(preload=get_host().backbones.get(backbone).metadata.get("worker_preload", ()))
         model = self.backbone(backbone, weights)  # a hub that cannot be reached fails here, before torch is imported
         from featurestore.extract import run_extraction
 

@@ -49,6 +49,10 @@ HUB_REPOS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: what the preprocessor's workers import (featurestore.hookspecs.register_backbones)
+WORKER_PRELOAD = ["featurestore_openclip.backbone", "open_clip.transform"]
+
+
 def _check_hub(name: str, repos: tuple[str, ...]) -> None:
     """Offline or hub unreachable, and a repository not cached: fail now (featurestore.hub)."""
     from featurestore import hub
@@ -94,6 +98,7 @@ def register_backbones(register) -> None:
             source=source,
             text=True,
             layout=_layout(model_name, dim, width, size, patch),
+            worker_preload=WORKER_PRELOAD,
         )
     register(
         "open_clip:",
@@ -103,4 +108,5 @@ def register_backbones(register) -> None:
         source="open_clip.create_model",
         text=True,
         layout="the model's image embedding + its ViT patch grid; text tower; --layers",
+        worker_preload=WORKER_PRELOAD,
     )

@@ -36,6 +36,9 @@ NAMED: dict[str, Named] = {
 }
 
 
+#: what the preprocessor's workers import (featurestore.hookspecs.register_backbones): timm's data module
+WORKER_PRELOAD = ["featurestore_timm.preprocess"]
+
 #: what a timm backbone also takes instead of hub weights (said in offline errors)
 WEIGHTS_FILE_FIX = "or pass a checkpoint with --weights FILE (.safetensors, or .pth/.pt/.bin holding only tensors)"
 
@@ -94,6 +97,7 @@ def register_backbones(register) -> None:
             "source": f"hf-hub:timm/{name}.{info.tag}",
             "input_size": info.input_size,
             "layout": _layout(info),
+            "worker_preload": WORKER_PRELOAD,
         }
         if info.patch_dim != info.dim:
             meta["patch_dim"] = info.patch_dim
@@ -104,4 +108,5 @@ def register_backbones(register) -> None:
         summary="any timm model, CNN or ViT (timm.list_models(), test_* included): timm:<name> or timm:<name>.<tag>",
         source="timm:<name>[.<tag>]; --weights FILE, DIR or tag",
         layout="pooled pre-logits + the final feature map (CNN) or patch grid (ViT, prefix tokens dropped); --layers",
+        worker_preload=WORKER_PRELOAD,
     )

@@ -20,6 +20,11 @@ DINOV2: dict[str, tuple[str, int, int]] = {
 }
 
 
+#: what the preprocessor's workers import (featurestore.hookspecs.register_backbones): the plugin's
+#: preprocessor and transformers' image processing (with torchvision, seconds to import)
+WORKER_PRELOAD = ["featurestore_transformers.backbone", "transformers.image_processing_utils"]
+
+
 def is_local(source: str) -> bool:
     """A path (absolute, ``./``, ``../``, ``~`` or existing), not a hub id."""
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
@@ -62,6 +67,7 @@ def register_backbones(register) -> None:
             register_tokens=regs,
             source=hub_id,
             layout=("CLS + 4 registers (dropped) + " if regs else "CLS + ") + "16×16 patches of 14 px at 224×224; --layers",
+            worker_preload=WORKER_PRELOAD,
         )
     register(
         "hf:",
@@ -69,4 +75,5 @@ def register_backbones(register) -> None:
         summary="any transformers vision model with a CLS token (ViT, MAE, DINOv2, CLIP vision, DeiT, BEiT): hf:<hub id or dir>",
         source="hf:<hub id or local directory>",
         layout="CLS + the model's patch grid (prefix tokens dropped); --layers",
+        worker_preload=WORKER_PRELOAD,
     )
