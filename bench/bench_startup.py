@@ -123,7 +123,9 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, 
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from featurestore.cli import main; sys.exit(main())", *args]
+    """What the ``featurestore`` console script runs (``console_main`` where the code has one)."""
+    code = "import sys, featurestore.cli as c; f = getattr(c, 'console_main', None); f() if f else sys.exit(c.main())"
+    return [sys.executable, "-c", code, *args]
 
 
 def median_of(runs: int, args: list[str], env: dict[str, str], cwd: Path, *, ok: int = 0) -> dict[str, Any]:
