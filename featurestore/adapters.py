@@ -25,7 +25,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from featurestore.adapter import OUT_DTYPES, Adapter
 from featurestore.clips import parse_spec
@@ -72,6 +71,8 @@ def build_adapter(name: str, params: dict[str, Any]) -> tuple[Adapter, Any]:
 
 
 def _state_digest(state: dict[str, np.ndarray]) -> str:
+    import torch  # here only: `featurestore manifest` imports this module for its table names
+
     return weights_sha256((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in state.items())
 
 

@@ -7,24 +7,28 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from featurestore.backbone import Backbone
 from featurestore.config import ExtractConfig, ExtractSummary, ModelCard
 from featurestore.errors import ConfigError
-from featurestore.extract import resolve_device, run_extraction
 from featurestore.layers import parse_layers
-from featurestore.plugins import get_host
+from featurestore.plugins import get_host, list_backbones  # noqa: F401  (public here too)
 from featurestore.sources import expand_sources
 from featurestore.store import Store
 
 if TYPE_CHECKING:
+    from featurestore.backbone import Backbone
     from featurestore.paths import RootsArg
     from featurestore.search import SearchResult
+
+# torch comes in with featurestore.backbone / featurestore.extract: those are imported where a
+# model runs, so the catalog commands (models, errors, clips …) never pay for it.
 
 
 def create_backbone(name: str, weights: str | None = None) -> Backbone:
     """Build a registered backbone by name (``dinov2_vits14``, ``hf:<id or dir>`` …)."""
     entry = get_host().backbones.get(name)
     backbone = entry.factory(name, weights=weights)
+    from featurestore.backbone import Backbone  # torch: loaded by the factory by now, unless it failed first
+
     if not isinstance(backbone, Backbone):
         raise ConfigError(
             f"plugin {entry.plugin!r} returned {type(backbone).__name__} for backbone {name!r}, "
@@ -33,10 +37,11 @@ def create_backbone(name: str, weights: str | None = None) -> Backbone:
     return backbone
 
 
-def list_backbones(pattern: str | None = None) -> list[dict[str, Any]]:
-    """Registered backbones (optionally filtered by a shell pattern) with their metadata."""
-    reg = get_host().backbones
-    return [{"name": e.name, "plugin": e.plugin, **e.metadata} for e in reg.entries() if e.name in reg.names(pattern)]
+def resolve_device(device: str) -> Any:
+    """The torch device for ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (imports torch when called)."""
+    from featurestore.extract import resolve_device as resolve
+
+    return resolve(device)
 
 
 class FeatureStore:
@@ -133,7 +138,16 @@ class FeatureStore:
             tag_run=tag_run,
         )
         sources = expand_sources(str(p) for p in paths)
-        return run_extraction(self.store, self.backbone(backbone, weights), sources, config, progress=progress)
+        if workers and (backbone, weights) not in self._backbones:
+            # the workers' forkserver imports torch and the plugin's image processing while this
+            # process loads the model (seconds each): side by side instead of one after the other
+            from featurestore.workers import start_worker_server
+
+            start_worker_server(preload=get_host().backbones.get(backbone).metadata.get("worker_preload", ()))
+        model = self.backbone(backbone, weights)  # a hub that cannot be reached fails here, before torch is imported
+        from featurestore.extract import run_extraction
+
+        return run_extraction(self.store, model, sources, config, progress=progress)
 
     def models(self) -> list[dict[str, Any]]:
         """One dict per model: ``model_hash``, ``backbone``, ``table``, ``rows``, ``dim`` …"""

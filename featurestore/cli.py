@@ -103,10 +103,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from featurestore.api import FeatureStore
+def _catalog(store: str, key: str, read: Any) -> Any:
+    """``read(FeatureStore(store))``, answered from the store's catalog cache while the store
+    is unchanged (featurestore.catalog_cache: no LanceDB import then)."""
+    from featurestore.catalog_cache import cached
 
-    models = FeatureStore(args.store).models()
+    def compute() -> Any:
+        from featurestore.api import FeatureStore
+
+        return read(FeatureStore(store))
+
+    return cached(store, key, compute)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    models = _catalog(args.store, "models", lambda fs: fs.models())
     if args.json:
         _print_json(models)
     else:
@@ -124,9 +135,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    from featurestore.api import FeatureStore
-
-    rows = FeatureStore(args.store).errors(args.run)
+    rows = _catalog(args.store, f"errors:{args.run}", lambda fs: fs.errors(args.run))
     if args.json:
         _print_json(rows)
     else:
@@ -155,7 +164,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from featurestore.api import list_backbones
+    from featurestore.plugins import list_backbones
 
     items = list_backbones(args.pattern)
     if args.json:
@@ -202,9 +211,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_clips(args: argparse.Namespace) -> int:
-    from featurestore.api import FeatureStore
-
-    items = FeatureStore(args.store).clips()
+    items = _catalog(args.store, "clips", lambda fs: fs.clips())
     if args.json:
         _print_json(items)
     else:
@@ -471,5 +478,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
 
 
+def console_main() -> None:
+    """The ``featurestore`` console script: :func:`main`, then the process ends at once.
+
+    With torch, a model library and LanceDB loaded, the interpreter's teardown (freeing every
+    module and object) takes 1-3 s after the command is done. Nothing in it matters to a
+    finished command: its writes are committed, worker processes are joined, and stdout,
+    stderr and logging are flushed here. So the process exits without it (``os._exit``).
+    An exception escaping :func:`main` (a bug) still takes the normal way out, traceback and all.
+    """
+    import logging
+    import os
+
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (| head), a closed stream
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -96,15 +96,21 @@ def _one_version(info: dict[str, Any], version: str, store: str, model: str) -> 
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
+    from featurestore.catalog_cache import cached
     from featurestore.cli import _print_json, _table
-    from featurestore.readers import table_versions
 
     if args.at is not None:  # the old `versions --tag NAME --at N`, which wrote a tag
         raise ConfigError(
             f"versions only reads; it no longer tags (--at {args.at}). "
             f"Fix: featurestore tag NAME -s {args.store} -m {args.model} --version {args.at}."
         )
-    info = table_versions(args.store, args.model)
+
+    def compute() -> dict[str, Any]:
+        from featurestore.versions import table_versions
+
+        return table_versions(args.store, args.model)
+
+    info = cached(args.store, f"versions:{args.model}", compute)  # no LanceDB import while the store is unchanged
     if args.version is not None:
         info = _one_version(info, args.version, args.store, args.model)
     if args.json:

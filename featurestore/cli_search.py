@@ -126,8 +126,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Register ``search`` and ``index`` on the main parser's subparsers."""
+    from featurestore.index_kinds import DEFAULT_KIND, INDEX_KINDS
     from featurestore.paths import add_root_option
-    from featurestore.search import DEFAULT_KIND, INDEX_KINDS
 
     se = sub.add_parser(
         "search",

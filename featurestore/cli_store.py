@@ -13,7 +13,7 @@ from typing import Any
 
 def cmd_tag(args: argparse.Namespace) -> int:
     from featurestore.cli import _console, _print_json
-    from featurestore.readers import tag_version
+    from featurestore.versions import tag_version
 
     v = tag_version(args.store, args.model, args.name, args.version)
     if args.json:
@@ -51,11 +51,17 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
+    from featurestore.catalog_cache import cached
     from featurestore.cli import _console, _print_json
-    from featurestore.manifest import build_manifest
-    from featurestore.store import Store
 
-    manifest = build_manifest(Store(args.store)).model_dump(mode="json")
+    def compute() -> dict[str, Any]:
+        from featurestore.manifest import build_manifest
+        from featurestore.store import Store
+
+        return build_manifest(Store(args.store)).model_dump(mode="json")
+
+    # the manifest names the store as given: the path is part of the key
+    manifest = cached(args.store, f"manifest:{args.store}", compute)  # no LanceDB import while the store is unchanged
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)

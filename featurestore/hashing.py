@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
+if TYPE_CHECKING:  # torch only where tensors are hashed: the catalog commands never load it
+    import torch
 
 HASH_VERSION = "featurestore-model-hash/1"
 
@@ -45,6 +46,8 @@ def weights_sha256(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     Raises:
         ValueError: when two tensors share a name.
     """
+    import torch
+
     tensors: dict[str, torch.Tensor] = {}
     for name, t in named_tensors:
         if name in tensors:

@@ -45,6 +45,12 @@ def register_backbones(register: RegisterFn) -> None:
     :class:`featurestore.backbone.Backbone` (CLS ``(B, D)`` and patch tokens
     ``(B, N, D)`` with their token layout).
 
+    Metadata ``worker_preload`` (a list of module names) is read by extraction: the worker
+    processes' forkserver imports them while the factory loads the model, so list the
+    modules the backbone's preprocessor needs to unpickle (its own module and the model
+    library's image-processing module). A stale list only costs time: workers import what
+    is missing.
+
     :param register: callback, see :class:`RegisterFn`.
     """
 

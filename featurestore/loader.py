@@ -9,10 +9,6 @@ process only runs the forward pass and writes.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
-import pickle
-import pickletools
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,6 +22,10 @@ from featurestore.errors import MediaError
 from featurestore.hashing import content_id
 from featurestore.media import decode_image
 from featurestore.video import is_video_path
+
+# the forkserver the workers start from; torch-free, so FeatureStore.extract can start it before
+# the model library is loaded (re-exported here, where it always was)
+from featurestore.workers import BASE_PRELOAD, pickled_modules, start_worker_server, worker_context  # noqa: F401
 
 
 @dataclass
@@ -226,53 +226,6 @@ def _worker_init(_: int) -> None:
     # Workers only decode and preprocess; one thread each keeps them off the cores
     # the forward pass uses.
     torch.set_num_threads(1)
-
-
-BASE_PRELOAD = ("torch", "featurestore.loader")
-
-
-def pickled_modules(obj: Any) -> list[str]:
-    """Modules a worker must import to unpickle ``obj`` (e.g. a plugin's preprocessor).
-
-    Read off the pickle's GLOBAL opcodes (protocol 2 spells them ``module name``).
-    """
-    try:
-        data = pickle.dumps(obj, protocol=2, fix_imports=False)
-    except Exception:  # not picklable: the DataLoader will say so, with its own message
-        return []
-    mods = []
-    for op, arg, _pos in pickletools.genops(data):
-        if op.name == "GLOBAL" and isinstance(arg, str):
-            mod = arg.split(" ", 1)[0]
-            if mod not in mods and mod not in ("builtins", "copyreg", "__main__"):
-                mods.append(mod)
-    return mods
-
-
-def worker_context(preload: Sequence[str] = ()) -> Any:
-    """Workers start from a clean forkserver, never by forking this process.
-
-    By now this process runs LanceDB's async runtime (and maybe CUDA); forking it can
-    deadlock a child that inherits a lock held by one of those threads. The forkserver
-    imports torch, this module and ``preload`` (the preprocessor's modules) once, so each
-    worker starts in well under a second instead of importing a model library itself.
-    Preloading applies to the first forkserver of a process; later runs reuse it.
-    """
-    if sys.platform == "win32" or "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([*BASE_PRELOAD, *(m for m in preload if m not in BASE_PRELOAD)])
-    return ctx
-
-
-def start_worker_server(preprocessor: Any) -> None:
-    """Start the forkserver now, importing what the workers will need, while this process
-    goes on hashing the model and opening the store (it does not wait for the imports)."""
-    ctx = worker_context(pickled_modules(preprocessor))
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
 
 
 def make_loader(dataset: SourceDataset, *, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:

@@ -218,3 +218,13 @@ def get_host(*, reload: bool = False) -> PluginHost:
         if _HOST is None or reload:
             _HOST = PluginHost()
         return _HOST
+
+
+def list_backbones(pattern: str | None = None) -> list[dict[str, Any]]:
+    """Registered backbones (optionally filtered by a shell pattern) with their metadata.
+
+    Also :func:`featurestore.list_backbones`; it lives here so that listing imports no more
+    than the plugin host (no pyarrow, LanceDB or torch).
+    """
+    reg = get_host().backbones
+    return [{"name": e.name, "plugin": e.plugin, **e.metadata} for e in reg.entries() if e.name in reg.names(pattern)]

@@ -161,8 +161,10 @@ def ensure_fields(table: Any, schema: pa.Schema) -> Any:
 
 
 def _connect(path: str) -> "lancedb.DBConnection":
+    from featurestore.lazy import import_lancedb  # skips the REST client a local store never uses
+
     try:
-        import lancedb
+        lancedb = import_lancedb()
     except ImportError as exc:  # pragma: no cover - lancedb is a hard dependency
         raise MissingDependencyError("lancedb", "the feature store") from exc
     return lancedb.connect(path)

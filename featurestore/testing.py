@@ -44,6 +44,121 @@ def hub_unreachable_reason(timeout: float = 3.0, host: tuple[str, int] = HUB) ->
     return result.get("reason", f"no connection to {host[0]}:{host[1]} within {timeout:.0f} s")
 
 
+class LoopbackHub:
+    """A TCP server on 127.0.0.1 standing in for the hub: it counts connections and either
+    never answers (``answer=False``: accepts, reads, stays silent) or answers every request
+    with ``404``. Point ``HF_ENDPOINT`` at :attr:`url`.
+    """
+
+    def __init__(self, *, answer: bool = False):
+        self.answer = answer
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # timeout, or closed by close()
+                continue
+            self.connections += 1
+            self._open.append(conn)  # kept open: a silent hub never closes on the client
+            if self.answer:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for c in self._open:
+            c.close()
+        self._sock.close()
+
+
+@pytest.fixture
+def silent_hub():
+    """A :class:`LoopbackHub` that accepts connections and never answers."""
+    hub = LoopbackHub()
+    yield hub
+    hub.close()
+
+
+def closed_port_url() -> str:
+    """``http://127.0.0.1:<port>`` where nothing listens (the port was just released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, files_from: Path, revision: str = "0" * 40) -> Path:
+    """Copy the files of ``files_from`` into hub cache ``cache`` (the ``HF_HUB_CACHE`` layout
+    huggingface_hub documents) as the ``main`` snapshot of model repo ``repo_id``; returns the snapshot."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(files_from, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+MODEL_LIBRARIES = ("torch", "transformers", "timm", "open_clip")
+
+_RUN_CLI = """
+import json, sys
+from featurestore.cli import main
+watch = sys.argv[1].split(",")
+rc = main(sys.argv[2:])
+print("\\n" + json.dumps({"rc": rc, "imported": [m for m in watch if m in sys.modules]}))
+"""
+
+
+def run_cli_fresh(
+    args: list[str], env: dict[str, str] | None = None, *, watch: tuple[str, ...] = MODEL_LIBRARIES, timeout: float = 600
+) -> tuple[dict, str]:
+    """``featurestore ARGS`` in a fresh interpreter.
+
+    Returns:
+        ``({"rc": exit code, "imported": the modules of `watch` it imported, "stdout": what the
+        command printed}, stderr)``.
+    """
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", _RUN_CLI, ",".join(watch), *(str(a) for a in args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    printed, _, last = out.stdout.rstrip().rpartition("\n")
+    assert last.startswith("{"), out.stdout + out.stderr
+    return {**json.loads(last), "stdout": printed.removesuffix("\n")}, out.stderr
+
+
+def hub_env(cache: Path, endpoint: str, **extra: str) -> dict[str, str]:
+    """This process's environment with the hub at ``endpoint``, hub cache ``cache``, no offline
+    variable, and a 0.5 s hub probe (featurestore.hub)."""
+    drop = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "FEATURESTORE_HUB_TIMEOUT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), FEATURESTORE_HUB_TIMEOUT="0.5", **extra)
+    return env
+
+
 def smooth_image(width: int, height: int, seed: int) -> np.ndarray:
     """A smooth random RGB image (gradients + blobs), so JPEG keeps it recognisable."""
     rng = np.random.default_rng(seed)

@@ -99,3 +99,16 @@ def test_killed_run_loses_at_most_its_open_batch(tiny_dinov2, store_path, tmp_pa
     assert out["skipped_existing"] == survived and out["written"] == n - survived
     ids = db.open_table(name).to_arrow().column("id").to_pylist()
     assert len(ids) == len(set(ids)) == n
+
+
+def test_console_script_delivers_all_output_and_the_exit_code(tiny_dinov2, tmp_path, store_path):
+    """The console script ends the process without interpreter teardown (cli.console_main): what
+    it printed (here more than a pipe holds) and its exit code still arrive whole."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(300):
+        (bad / f"broken_{i:03d}.jpg").write_bytes(b"not an image %d" % i)
+    p = run("extract", bad, "--backbone", f"hf:{tiny_dinov2}", "--store", store_path, "--workers", "0", "--json", check=False)
+    assert p.returncode == 1 and json.loads(p.stdout)["errors"] == 300  # nothing succeeded: exit 1
+    out = run("errors", "--store", store_path, "--json").stdout
+    assert len(out) > 65536 and len(json.loads(out)) == 300

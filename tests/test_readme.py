@@ -35,3 +35,31 @@ def test_backbones_table_is_the_live_registry():
     assert m, "README lacks the <!-- backbones:start/end --> markers"
     live = backbones_markdown(list_backbones())
     assert m.group(1) == live, "README Backbones table is stale: paste the output of `featurestore backbones --markdown`"
+
+
+def _python_api_snippet() -> str:
+    m = re.search(r"### Python API\n+```python\n(.*?)```", README, re.S)
+    assert m, "README lacks the Python API snippet"
+    return m.group(1)
+
+
+def test_python_api_snippet_runs_as_a_script(tmp_path, tiny_dinov2):
+    """Pasted into a file and run with `python file.py`, with the default worker processes."""
+    import subprocess
+    import sys
+
+    from featurestore.testing import write_images
+
+    code = _python_api_snippet()
+    for literal in ('"features.lance"', '"photos/"', '"dinov2_vits14"'):
+        assert literal in code, literal
+    write_images(tmp_path / "photos", 3)
+    code = code.replace('"features.lance"', repr(str(tmp_path / "features.lance")))
+    code = code.replace('"photos/"', repr(str(tmp_path / "photos")))
+    code = code.replace('"dinov2_vits14"', repr(f"hf:{tiny_dinov2}"))
+    script = tmp_path / "snippet.py"
+    script.write_text(code, encoding="utf-8")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr
+    written, errors, table = out.stdout.split()
+    assert (written, errors) == ("3", "0") and table.startswith("hf_")

@@ -190,6 +190,10 @@ def build_model(name: str, model_name: str, weights: str | None) -> tuple[Any, d
                     + (f"; tags: {', '.join(tags)}" if tags else "")
                     + ". Fix: pass an existing file path or one of the tags."
                 )
+            if tag_cfg.get("hf_hub"):  # offline or hub unreachable, and not cached: the fix, now
+                from featurestore import hub
+
+                hub.check(name, tag_cfg["hf_hub"].strip("/"))
             # OpenAI weights were trained with QuickGELU; the plain architecture config uses GELU
             if tag_cfg.get("quick_gelu") and not model_cfg.get("quick_gelu"):
                 kwargs["force_quick_gelu"] = True
@@ -238,5 +242,8 @@ def load_backbone(name: str, model_name: str, weights: str | None):
 
     if not model_name:
         raise ConfigError(f"backbone {name!r} names no model. Fix: open_clip:<architecture>, open_clip:hf-hub:<org/repo> or open_clip:local-dir:<dir>.")
-    model, model_cfg, source, tokenizer = build_model(name, model_name, weights)
+    from featurestore import hub
+
+    with hub.access(name):  # hub unreachable: the cache only, no retries
+        model, model_cfg, source, tokenizer = build_model(name, model_name, weights)
     return OpenCLIPBackbone(name, model_name, source, model, model_cfg, tokenizer)

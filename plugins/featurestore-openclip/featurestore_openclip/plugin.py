@@ -31,6 +31,36 @@ NAMED: dict[str, tuple[str, str | None, int, int, int, int, str]] = {
 }
 
 
+# name -> the hub repositories its default weights (and, for SigLIP, its tokenizer) load from:
+# open_clip's pretrained config ``hf_hub`` (tests/test_oc_registry.py keeps them equal), so an
+# offline run can fail before open_clip and torch are imported.
+HUB_REPOS: dict[str, tuple[str, ...]] = {
+    "clip_vitb32_openai": ("timm/vit_base_patch32_clip_224.openai",),
+    "clip_vitb16_openai": ("timm/vit_base_patch16_clip_224.openai",),
+    "clip_vitl14_openai": ("timm/vit_large_patch14_clip_224.openai",),
+    "clip_vitb32_laion2b": ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K",),
+    "clip_vitb16_laion2b": ("laion/CLIP-ViT-B-16-laion2B-s34B-b88K",),
+    "clip_vitl14_laion2b": ("laion/CLIP-ViT-L-14-laion2B-s32B-b82K",),
+    "siglip_vitb16_224": ("timm/ViT-B-16-SigLIP", "timm/ViT-B-16-SigLIP"),
+    "siglip_vitb16_384": ("timm/ViT-B-16-SigLIP-384", "timm/ViT-B-16-SigLIP"),
+    "siglip_vitl16_384": ("timm/ViT-L-16-SigLIP-384", "timm/ViT-B-16-SigLIP"),
+    "siglip_so400m14_384": ("timm/ViT-SO400M-14-SigLIP-384", "timm/ViT-B-16-SigLIP"),
+    "biomedclip": ("microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",),
+}
+
+
+#: what the preprocessor's workers import (featurestore.hookspecs.register_backbones)
+WORKER_PRELOAD = ["featurestore_openclip.backbone", "open_clip.transform"]
+
+
+def _check_hub(name: str, repos: tuple[str, ...]) -> None:
+    """Offline or hub unreachable, and a repository not cached: fail now (featurestore.hub)."""
+    from featurestore import hub
+
+    for repo in dict.fromkeys(repos):
+        hub.check(name, repo)
+
+
 def _layout(model_name: str, dim: int, width: int, size: int, patch: int) -> str:
     g = size // patch
     pooled = "MAP-pooled embedding (no CLS token)" if "SigLIP" in model_name else "projected CLS embedding"
@@ -38,6 +68,8 @@ def _layout(model_name: str, dim: int, width: int, size: int, patch: int) -> str
 
 
 def _named_factory(name: str, weights: str | None = None, **_: Any):
+    if weights is None:
+        _check_hub(name, HUB_REPOS[name])
     from featurestore_openclip.loading import load_backbone
 
     model_name, tag = NAMED[name][:2]
@@ -45,6 +77,9 @@ def _named_factory(name: str, weights: str | None = None, **_: Any):
 
 
 def _family_factory(name: str, weights: str | None = None, **_: Any):
+    model_name = name.removeprefix("open_clip:")
+    if model_name.startswith("hf-hub:"):
+        _check_hub(name, (model_name.removeprefix("hf-hub:").split("@")[0].strip("/"),))
     from featurestore_openclip.loading import load_backbone
 
     return load_backbone(name, name.removeprefix("open_clip:"), weights)
@@ -63,6 +98,7 @@ def register_backbones(register) -> None:
             source=source,
             text=True,
             layout=_layout(model_name, dim, width, size, patch),
+            worker_preload=WORKER_PRELOAD,
         )
     register(
         "open_clip:",
@@ -72,4 +108,5 @@ def register_backbones(register) -> None:
         source="open_clip.create_model",
         text=True,
         layout="the model's image embedding + its ViT patch grid; text tower; --layers",
+        worker_preload=WORKER_PRELOAD,
     )

@@ -31,3 +31,21 @@ def test_named_backbone_matches_open_clip(name):
     else:
         got = (visual.conv1.out_channels, visual.image_size[0], visual.patch_size[0])
     assert got == (width, size, patch)
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_hub_repos_are_open_clips_own(name):
+    """featurestore_openclip.plugin.HUB_REPOS: what an offline run looks for in the cache before importing open_clip."""
+    import open_clip
+
+    from featurestore_openclip.plugin import HUB_REPOS
+
+    model_name, tag = NAMED[name][:2]
+    if tag is None:  # hf-hub:<repo>: the repository is the name
+        assert HUB_REPOS[name] == (model_name.removeprefix("hf-hub:"),)
+        return
+    repos = [open_clip.get_pretrained_cfg(model_name, tag)["hf_hub"].strip("/")]
+    tokenizer = open_clip.get_model_config(model_name)["text_cfg"].get("hf_tokenizer_name")
+    if tokenizer:
+        repos.append(tokenizer)
+    assert HUB_REPOS[name] == tuple(repos)

@@ -217,8 +217,15 @@ def load_from_hub(name: str, arch: str, tag: str | None) -> LoadedModel:
 
     cfg = get_pretrained_cfg(full)
     hub_id = getattr(cfg, "hf_hub_id", None) or None
+    from featurestore import hub
+    from featurestore_timm.plugin import WEIGHTS_FILE_FIX
+
     try:
-        model = timm.create_model(full, pretrained=True, num_classes=0)
+        # hub unreachable: the cache only, no retries (or at once the fix, when not cached)
+        with hub.access(name, hub_id, other_fix=WEIGHTS_FILE_FIX):
+            model = timm.create_model(full, pretrained=True, num_classes=0)
+    except WeightsNotFoundError:
+        raise
     except Exception as exc:  # offline, missing cache, HTTP errors: all mean "no weights here"
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(". ")
         where = f"hf-hub:{hub_id}" if hub_id else (getattr(cfg, "url", None) or "its download URL")

@@ -36,6 +36,13 @@ NAMED: dict[str, Named] = {
 }
 
 
+#: what the preprocessor's workers import (featurestore.hookspecs.register_backbones): timm's data module
+WORKER_PRELOAD = ["featurestore_timm.preprocess"]
+
+#: what a timm backbone also takes instead of hub weights (said in offline errors)
+WEIGHTS_FILE_FIX = "or pass a checkpoint with --weights FILE (.safetensors, or .pth/.pt/.bin holding only tensors)"
+
+
 def _layout(info: Named) -> str:
     g = info.input_size // info.patch_size
     return (
@@ -45,6 +52,10 @@ def _layout(info: Named) -> str:
 
 
 def _named_factory(name: str, weights: str | None = None, **_: Any):
+    if weights is None:  # offline or hub unreachable and not cached: fail before importing torch and timm
+        from featurestore import hub
+
+        hub.check(name, f"timm/{name}.{NAMED[name].tag}", other_fix=WEIGHTS_FILE_FIX)
     from featurestore.errors import UnsupportedModelError
     from featurestore_timm.backbone import TimmBackbone
     from featurestore_timm.loading import load_model
@@ -60,6 +71,15 @@ def _named_factory(name: str, weights: str | None = None, **_: Any):
 
 
 def _family_factory(name: str, weights: str | None = None, **_: Any):
+    arch, _, tag = name.removeprefix("timm:").strip().partition(".")
+    if weights is None and arch and not any(c in arch for c in "/\\:*?["):
+        # Offline: fail before importing torch and timm (15 s on a busy machine). The repository
+        # is inferred from the name, as timm names ~97 % of its hub weights; the others load
+        # with HF_HUB_OFFLINE=1, which skips this guess for timm's exact offline look-up.
+        from featurestore import hub
+
+        repo = f"timm/{arch}.{tag or '*'}"
+        hub.check(name, repo, guess=True, label=f"timm/{arch}.{tag or '<tag>'}", other_fix=WEIGHTS_FILE_FIX)
     from featurestore_timm.backbone import TimmBackbone
     from featurestore_timm.loading import load_model, parse_name
 
@@ -77,6 +97,7 @@ def register_backbones(register) -> None:
             "source": f"hf-hub:timm/{name}.{info.tag}",
             "input_size": info.input_size,
             "layout": _layout(info),
+            "worker_preload": WORKER_PRELOAD,
         }
         if info.patch_dim != info.dim:
             meta["patch_dim"] = info.patch_dim
@@ -87,4 +108,5 @@ def register_backbones(register) -> None:
         summary="any timm model, CNN or ViT (timm.list_models(), test_* included): timm:<name> or timm:<name>.<tag>",
         source="timm:<name>[.<tag>]; --weights FILE, DIR or tag",
         layout="pooled pre-logits + the final feature map (CNN) or patch grid (ViT, prefix tokens dropped); --layers",
+        worker_preload=WORKER_PRELOAD,
     )

@@ -68,6 +68,8 @@ def test_named_backbone_facts_match_timm(name):
     info = NAMED[name]
     assert f"{name}.{info.tag}" in timm.list_pretrained(f"{name}.*")
     assert get_pretrained_cfg(f"{name}.{info.tag}").input_size == (3, info.input_size, info.input_size)
+    # the plugin checks this repository in the cache, offline, before importing timm
+    assert get_pretrained_cfg(f"{name}.{info.tag}").hf_hub_id == f"timm/{name}.{info.tag}"
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=0)
     assert (model.head_hidden_size, model.num_features) == (info.dim, info.patch_dim)

@@ -149,7 +149,9 @@ def test_missing_file_is_weights_not_found(tmp_path):
     assert isinstance(info.value, FileNotFoundError)
 
 
-def test_unknown_tag_lists_real_ones():
+def test_unknown_tag_lists_real_ones(monkeypatch):
+    # HF_HUB_OFFLINE: timm checks the name (without it, offline, a name is looked up in the cache as it is)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError) as info:
         create_backbone("resnet50", weights="not_a_tag")
     assert "'not_a_tag'" in str(info.value) and "a1_in1k" in str(info.value)
@@ -157,7 +159,8 @@ def test_unknown_tag_lists_real_ones():
         create_backbone("timm:test_vit.bogus")
 
 
-def test_unknown_model_name_lists_close_matches():
+def test_unknown_model_name_lists_close_matches(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as above: timm checks the name
     with pytest.raises(ConfigError) as info:
         create_backbone("timm:resnet5O")
     msg = str(info.value)

@@ -9,6 +9,7 @@ registers) and DeiT's distillation token are dropped — they are neither CLS no
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from importlib import metadata
@@ -20,6 +21,7 @@ import torch
 from featurestore.backbone import Backbone, BackboneOutput, Preprocessed
 from featurestore.config import TokenLayout
 from featurestore.errors import UnsupportedModelError, WeightsNotFoundError
+from featurestore_transformers.plugin import is_local
 
 PLUGIN_DIST = "featurestore-transformers"
 
@@ -60,9 +62,7 @@ def config_spec(config: Any) -> dict[str, Any]:
     return {k: v for k, v in sorted(config.to_dict().items()) if not k.startswith("_") and k not in _CONFIG_NOT_HASHED}
 
 
-def _looks_local(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
-
+_looks_local = is_local
 
 def _not_found(name: str, source: str, reason: str, default_source: str | None) -> WeightsNotFoundError:
     hub = default_source or (source if not _looks_local(source) else "<hub id>")
@@ -264,17 +264,30 @@ def load_backbone(name: str, source: str, *, expect_dim: int | None = None, defa
         UnsupportedModelError: the model has no CLS token or an unexpected width.
     """
     try:
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel
+        import transformers  # noqa: F401
     except ImportError as exc:
         from featurestore.errors import MissingDependencyError
 
         raise MissingDependencyError("transformers", f"backbone {name!r}") from exc
+
+    from featurestore import hub
 
     if _looks_local(source):
         path = Path(source).expanduser().resolve()
         if not (path / "config.json").is_file():
             raise _not_found(name, str(path), "no config.json in that directory" if path.is_dir() else "no such directory", default_source)
         source = str(path)
+        access = contextlib.nullcontext()
+    else:  # hub unreachable: the cache only, no retries (or at once the fix, when not cached)
+        access = hub.access(name, source)
+    with access:
+        return _load(name, source, expect_dim=expect_dim, default_source=default_source)
+
+
+def _load(name: str, source: str, *, expect_dim: int | None, default_source: str | None) -> HFBackbone:
+    """:func:`load_backbone` once ``source`` is a checked directory or a hub id."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel
+
     try:
         config = AutoConfig.from_pretrained(source)
     except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from featurestore import hookimpl
@@ -19,17 +20,39 @@ DINOV2: dict[str, tuple[str, int, int]] = {
 }
 
 
+#: what the preprocessor's workers import (featurestore.hookspecs.register_backbones): the plugin's
+#: preprocessor and transformers' image processing (with torchvision, seconds to import)
+WORKER_PRELOAD = ["featurestore_transformers.backbone", "transformers.image_processing_utils"]
+
+
+def is_local(source: str) -> bool:
+    """A path (absolute, ``./``, ``../``, ``~`` or existing), not a hub id."""
+    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
+
+
+def _check_hub(name: str, source: str) -> None:
+    """Offline or hub unreachable, and ``source`` not cached: fail now, before importing torch
+    and transformers (featurestore.hub), instead of after the libraries' retries."""
+    if not is_local(source):
+        from featurestore import hub
+
+        hub.check(name, source)
+
+
 def _named_factory(name: str, weights: str | None = None, **_: Any):
+    hub_id, dim, _regs = DINOV2[name]
+    _check_hub(name, weights or hub_id)
     from featurestore_transformers.backbone import load_backbone
 
-    hub_id, dim, _regs = DINOV2[name]
     return load_backbone(name, weights or hub_id, expect_dim=dim, default_source=hub_id)
 
 
 def _hf_factory(name: str, weights: str | None = None, **_: Any):
+    source = weights or name.removeprefix("hf:")
+    _check_hub(name, source)
     from featurestore_transformers.backbone import load_backbone
 
-    return load_backbone(name, weights or name.removeprefix("hf:"))
+    return load_backbone(name, source)
 
 
 @hookimpl
@@ -44,6 +67,7 @@ def register_backbones(register) -> None:
             register_tokens=regs,
             source=hub_id,
             layout=("CLS + 4 registers (dropped) + " if regs else "CLS + ") + "16×16 patches of 14 px at 224×224; --layers",
+            worker_preload=WORKER_PRELOAD,
         )
     register(
         "hf:",
@@ -51,4 +75,5 @@ def register_backbones(register) -> None:
         summary="any transformers vision model with a CLS token (ViT, MAE, DINOv2, CLIP vision, DeiT, BEiT): hf:<hub id or dir>",
         source="hf:<hub id or local directory>",
         layout="CLS + the model's patch grid (prefix tokens dropped); --layers",
+        worker_preload=WORKER_PRELOAD,
     )
