@@ -99,7 +99,8 @@ def table_store_path(table: Any) -> str:
     return os.path.dirname(str(table.uri).rstrip("/"))
 
 
-def _quote(values: Iterable[str]) -> str:
+def sql_strings(values: Iterable[str]) -> str:
+    """``'a', 'b'`` — SQL string literals for an ``IN (…)`` list."""
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
@@ -114,7 +115,7 @@ def stored_keys(table: Any, keys: Sequence[str], column: str = "id") -> set[str]
     uniq = list(dict.fromkeys(keys))
     for i in range(0, len(uniq), LOOKUP_CHUNK):
         chunk = uniq[i : i + LOOKUP_CHUNK]
-        res = table.search().where(f"{column} IN ({_quote(chunk)})").select([column]).limit(None).to_arrow()
+        res = table.search().where(f"{column} IN ({sql_strings(chunk)})").select([column]).limit(None).to_arrow()
         found.update(res.column(column).to_pylist())
     return found
 
@@ -354,7 +355,7 @@ class StoredIds:
         table, version = self._latest()
         if "video_id" not in table.schema.names:
             return set(), version
-        res = table.search().where(f"video_id = {_quote([video_id])}").select([self.column]).limit(None).to_arrow()
+        res = table.search().where(f"video_id = {sql_strings([video_id])}").select([self.column]).limit(None).to_arrow()
         return set(res.column(self.column).to_pylist()), version
 
 
