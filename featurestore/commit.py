@@ -8,13 +8,16 @@ Every write of feature, adapted, clip and catalog rows goes through :class:`Comm
    found with an indexed ``key IN (…)`` lookup (a BTREE scalar index on ``id``);
 4. ``add()`` the rest: an append, whose cost does not grow with the table;
 5. every few commits, when small fragments or rows the index does not cover pile up,
-   compact and bring the indices up to date (``optimize``), under the same lock.
+   compact and bring the indices up to date (``optimize``) on a background thread. That
+   adds no key, so it needs no writer lock (appends go on beside it); a second lock file
+   keeps it to one process at a time.
 
 Step 3's lookup is skipped when it cannot find anything: a caller that checked its ids
 against version ``V`` of the table (``absent_at=V``, e.g. the extraction workers) needs no
-second lookup when every commit after ``V`` was made by this committer, whose own recent
-keys it remembers (8 bytes a row). Any other commit since ``V`` (another process, a
-compaction run by hand) sends the group through the lookup. So the common case — one
+second lookup when every commit after ``V`` that grew the table was made by this
+committer, whose own recent keys it remembers (8 bytes a row). Any other commit since ``V``
+that added rows (another process) sends the group through the lookup; compactions and
+index updates add none and do not. So the common case — one
 extraction run per table — is pure appends, and concurrent runs stay exact.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,13 +35,15 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from featurestore.locks import table_lock
+from featurestore.locks import table_lock, try_lock
 
 #: keys per ``IN (…)`` query: long lists amortise the per-query overhead (measured best at 4–10k)
 LOOKUP_CHUNK = 4096
 #: LanceDB prunes versions older than 7 days inside ``optimize`` unless told otherwise, and
 #: refuses to when that reaches a tagged version: writes never prune (``featurestore cleanup`` does)
 NO_PRUNE = timedelta(days=365 * 100)
+#: the lock file (``<table>.maintain.lock``) held by the one process compacting a table
+MAINTAIN_SUFFIX = ".maintain"
 #: own commits whose keys are remembered (for skipping lookups), and at most this many keys
 _RECENT_COMMITS = 256
 _RECENT_KEYS = 4_000_000  # 32 MB of uint64
@@ -55,10 +61,11 @@ class MaintainPolicy:
             ``id`` index (a lookup scans those rows' ids).
     """
 
-    check_every: int = 8
+    check_every: int = 4
     max_small_fragments: int = 64
-    max_unindexed_rows: int = 1_000_000
+    max_unindexed_rows: int = 250_000
     enabled: bool = True
+    background: bool = True  # False: compact inside commit() (deterministic, for tests and tools)
 
 
 @dataclass
@@ -70,7 +77,7 @@ class CommitResult:
     rows: pa.Table | None = None  # the rows appended (None when none)
     duplicates: int = 0  # rows dropped: key repeated in the group or already stored
     looked_up: int = 0  # keys checked against the table with the index
-    optimized: bool = False
+    optimized: bool = False  # a compaction was started in the background after this commit
 
 
 @dataclass
@@ -171,6 +178,10 @@ class Committer:
         self._evicted_max = -1  # own commits up to this version are no longer remembered
         self._since_check = 0
         self._indexed = False
+        self._probe: Any = None  # a second handle, for reading the row count of other versions
+        self._maint_thread: threading.Thread | None = None
+        self.optimizations = 0  # compactions this committer ran
+        self.maintenance_error: BaseException | None = None
 
     def commit(self, parts: Sequence[tuple[pa.Table, int | None]] | pa.Table, absent_at: int | None = None) -> CommitResult:
         """Append the rows of ``parts`` whose key is not stored yet, as one commit.
@@ -188,8 +199,8 @@ class Committer:
             table = self.table
             table.checkout_latest()
             latest = int(table.version)
-            if latest != self._last_version:
-                self._foreign_max = max(self._foreign_max, latest)  # someone else committed
+            if latest != self._last_version and self._may_have_added(self._last_version, latest):
+                self._foreign_max = max(self._foreign_max, latest)  # someone else appended
             if self.key and not self._indexed:
                 ensure_indices(table, index_columns(table.schema, self.key))
                 self._indexed = True
@@ -203,13 +214,49 @@ class Committer:
                 return CommitResult(0, latest, None, dups, looked_up)
             res = table.add(rows)
             version = int(getattr(res, "version", None) or table.version)
-            if version != latest + 1:  # a commit that did not take the lock slipped in between
+            # commits between our read and our append (a compaction running beside us, or a
+            # writer that ignores the lock): ours was rebased on top of them
+            if version != latest + 1 and self._may_have_added(latest, version - 1):
                 self._foreign_max = max(self._foreign_max, version - 1)
             if self.key:
                 self._remember(version, rows.column(self.key).to_pylist())
             self._last_version = version
-            optimized = self._maintain(table)
-            return CommitResult(rows.num_rows, self._last_version, rows, dups, looked_up, optimized)
+            started = self._maintain(table)
+            return CommitResult(rows.num_rows, version, rows, dups, looked_up, started)
+
+    def wait(self) -> None:
+        """Wait for a compaction this committer started in the background."""
+        t = self._maint_thread
+        if t is not None:
+            t.join()
+
+    def _may_have_added(self, since: int | None, upto: int) -> bool:
+        """Whether the commits ``since+1 .. upto`` may have added rows.
+
+        A commit that does not grow the table (a compaction, an index update, a column
+        update, a deletion) adds no key, so groups checked before it need no lookup. Each
+        version's row count is read from its manifest; many versions, or one that is gone
+        (cleaned up), count as "may have".
+        """
+        if since is None or upto - since > 16:
+            return True
+        try:
+            if self._probe is None:
+                import lancedb
+
+                self._probe = lancedb.connect(self.store_path).open_table(self.name)
+            probe = self._probe
+            probe.checkout(since)
+            prev = probe.count_rows()
+            for v in range(since + 1, upto + 1):
+                probe.checkout(v)
+                n = probe.count_rows()
+                if n > prev:
+                    return True
+                prev = n
+            return False
+        except Exception:  # noqa: BLE001 - a version we cannot read: assume the worst
+            return True
 
     # -- internals ---------------------------------------------------------------
     def _new_rows(self, table: Any, parts: Sequence[tuple[pa.Table, int | None]]) -> tuple[pa.Table, int, int]:
@@ -264,19 +311,40 @@ class Committer:
             self._evicted_max = max(self._evicted_max, old.version)
 
     def _maintain(self, table: Any) -> bool:
+        """Every ``check_every`` commits, start a compaction in the background if one is due.
+
+        Compaction and index updates add no key, so they need not hold the writer lock:
+        appends go on beside them (Lance rebases an append over a compaction). A second
+        lock file makes sure one process at a time compacts a table; others skip.
+        """
         p = self.policy
         if not p.enabled:
             return False
         self._since_check += 1
-        if self._since_check < p.check_every:
+        if self._since_check < p.check_every or (self._maint_thread is not None and self._maint_thread.is_alive()):
             return False
         self._since_check = 0
         if not needs_optimize(table, self.key, p):
             return False
-        optimize(table)
-        # compaction and the index update are our own commits: no ids came with them
-        self._last_version = int(table.version)
+        if not p.background:
+            self._optimize()
+            return True
+        self._maint_thread = threading.Thread(target=self._optimize, name=f"featurestore-compact-{self.name}", daemon=True)
+        self._maint_thread.start()
         return True
+
+    def _optimize(self) -> None:
+        try:
+            with try_lock(self.store_path, self.name + MAINTAIN_SUFFIX) as mine:
+                if not mine:
+                    return  # another process is compacting this table
+                import lancedb
+
+                optimize(lancedb.connect(self.store_path).open_table(self.name))
+                self.optimizations += 1
+        except Exception as exc:  # noqa: BLE001 - the rows are committed; a failed compaction only costs speed
+            self.maintenance_error = exc
+            warnings.warn(f"compacting table {self.name} failed ({type(exc).__name__}: {exc}); writes go on", stacklevel=1)
 
 
 def needs_optimize(table: Any, key: str | None, policy: MaintainPolicy) -> bool:

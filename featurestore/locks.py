@@ -87,4 +87,36 @@ def table_lock(store_path: str, name: str) -> Iterator[None]:
                 os.close(fd)
 
 
-__all__ = ["LOCK_DIR", "is_local", "lock_path", "table_lock"]
+@contextmanager
+def try_lock(store_path: str, name: str) -> Iterator[bool]:
+    """Take lock ``name`` only if it is free right now; yields whether it was taken.
+
+    For work that one process is enough to do (compacting a table): a second one skips it.
+    """
+    path = lock_path(store_path, name)
+    key = str(path) if path is not None else f"{store_path}\0{name}"
+    tlock = _thread_lock(key)
+    if not tlock.acquire(blocking=False):
+        yield False
+        return
+    fd = None
+    try:
+        if path is not None and fcntl is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                fd = None
+                yield False
+                return
+        yield True
+    finally:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        tlock.release()
+
+
+__all__ = ["LOCK_DIR", "is_local", "lock_path", "table_lock", "try_lock"]

@@ -14,7 +14,7 @@ import warnings
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from featurestore.commit import optimize
+from featurestore.commit import MAINTAIN_SUFFIX, optimize
 from featurestore.errors import ConfigError, StoreError
 from featurestore.locks import table_lock
 from featurestore.store import Store
@@ -68,7 +68,8 @@ def compact(store: Store, model: str | None = None, *, cleanup: bool = True, tag
         table = store.db.open_table(name)
         if tag is not None and tag in table.tags.list():
             raise ConfigError(f"table {name} already has a tag {tag!r}. Fix: choose another name.")
-        with table_lock(store.path, name):  # one at a time with the writers' commits
+        # compaction adds no rows: writers keep appending; one compaction of a table at a time
+        with table_lock(store.path, name + MAINTAIN_SUFFIX):
             table.checkout_latest()
             before = int(table.version)
             files_before = _data_files(table)
@@ -105,7 +106,7 @@ def cleanup(store: Store, model: str | None = None, *, older_than: timedelta = t
     for name in _tables(store, model):
         table = store.db.open_table(name)
         before = len(table.list_versions())
-        with table_lock(store.path, name):
+        with table_lock(store.path, name + MAINTAIN_SUFFIX):
             note = _cleanup(table, older_than)
         out.append({"table": name, "versions_before": before, "versions": len(table.list_versions()), "note": note})
     return out

@@ -132,6 +132,7 @@ class TableWriter:
             if self._queue is not None:
                 self._put_item(None, check=False)
                 self._thread.join(timeout=60)  # type: ignore[union-attr]
+            self.committer.wait()  # a compaction in progress ends before the run does
         self._raise_if_failed()
 
     def abort(self) -> None:

@@ -63,15 +63,33 @@ def test_feature_tables_get_btree_indices_that_serve_the_lookup(tmp_path):
 
 def test_fragments_stay_bounded_over_many_small_commits(tmp_path):
     table = Store(tmp_path / "s").register_model(_card())
-    policy = MaintainPolicy(check_every=4, max_small_fragments=6, max_unindexed_rows=30)
+    policy = MaintainPolicy(check_every=4, max_small_fragments=6, max_unindexed_rows=30, background=False)
     c = Committer(table, policy=policy)
     for k in range(60):
         c.commit(_batch(table, 3 * k, 3 * k + 3))
+    table.checkout_latest()
     frag = table.stats()["fragment_stats"]
     # without maintenance every commit leaves a fragment: 60
     assert frag["num_fragments"] <= policy.max_small_fragments + policy.check_every + 1
     assert table.index_stats("id_idx").num_unindexed_rows <= policy.max_unindexed_rows + policy.check_every * 3
     assert sorted(_ids(table)) == [f"{i:064x}" for i in range(180)]
+
+
+def test_background_compaction_runs_beside_the_commits(tmp_path):
+    table = Store(tmp_path / "s").register_model(_card())
+    c = Committer(table, policy=MaintainPolicy(check_every=2, max_small_fragments=3, max_unindexed_rows=10))
+    looked_up = 0
+    for k in range(30):
+        looked_up += c.commit(_batch(table, 3 * k, 3 * k + 3), absent_at=int(table.version)).looked_up
+        if k % 7 == 0:
+            c.wait()  # let some compactions finish between commits
+    c.wait()
+    assert c.optimizations >= 1 and c.maintenance_error is None
+    # compactions add no rows: the commits after them still skipped their lookups
+    assert looked_up == 0
+    table.checkout_latest()
+    assert table.stats()["fragment_stats"]["num_fragments"] < 30
+    assert sorted(_ids(table)) == [f"{i:064x}" for i in range(90)]
 
 
 def test_lookup_is_skipped_only_when_nobody_else_committed(tmp_path):
