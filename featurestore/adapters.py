@@ -28,10 +28,12 @@ import pyarrow as pa
 
 from featurestore.adapter import OUT_DTYPES, Adapter
 from featurestore.clips import parse_spec
+from featurestore.commit import Committer, MaintainPolicy, StoredIds
 from featurestore.config import AdapterCard, ModelCard
 from featurestore.errors import ConfigError, StoreError, UnknownModelError
 from featurestore.hashing import model_hash, weights_sha256
 from featurestore.store import Store, feature_schema, table_name_for
+from featurestore.writer import TableWriter
 
 ADAPTERS_TABLE = "adapters"
 ARTIFACT_DIR = "_adapters"
@@ -239,8 +241,8 @@ def fit_adapter(
         [{"adapter_hash": ahash, "name": name, "base_model_hash": base.model_hash, "card": card.model_dump_json(), "created_at": card.created_at}],
         schema=ADAPTERS_SCHEMA,
     )
-    tbl = store.db.open_table(ADAPTERS_TABLE) if ADAPTERS_TABLE in store.table_names() else store.db.create_table(ADAPTERS_TABLE, schema=ADAPTERS_SCHEMA, exist_ok=True)
-    tbl.merge_insert("adapter_hash").when_not_matched_insert_all().execute(row)
+    tbl = store._open_or_create(ADAPTERS_TABLE, ADAPTERS_SCHEMA)
+    Committer(tbl, key="adapter_hash", policy=MaintainPolicy(enabled=False)).commit(row)  # under the table's lock
     return adapter_card(store, ahash)  # the stored card (an earlier identical fit keeps its date)
 
 
@@ -355,15 +357,17 @@ def open_adapted(store: Store, card: AdapterCard) -> tuple[ModelCard, Any]:
     return mcard, store.register_model(mcard, schema=adapted_schema(card))
 
 
-def _base_chunks(table: Any, columns: Sequence[str], skip: set[str], chunk: int) -> Iterator[pa.Table]:
+def _base_chunks(table: Any, columns: Sequence[str], stored: StoredIds, chunk: int) -> Iterator[tuple[pa.Table, int, int]]:
+    """(base rows not adapted yet, how many of the chunk were, the adapted table's version
+    they were checked at), a chunk at a time: an indexed lookup per chunk, no id set."""
     names = [c for c in columns if c in table.schema.names]
     for batch in table.search().select(names).limit(None).to_batches(chunk):
         t = pa.Table.from_batches([batch])
-        if skip:
-            keep = [i for i, v in enumerate(t.column("id").to_pylist()) if v not in skip]
-            t = t.take(pa.array(keep, pa.int64()))
-        if t.num_rows:
-            yield t
+        ids = t.column("id").to_pylist()
+        found, version = stored.check(ids)
+        if found:
+            t = t.filter(pa.array([v not in found for v in ids]))
+        yield t, len(ids) - t.num_rows, version
 
 
 def apply_adapter(store: Store, ref: str, *, model: str | None = None, chunk: int = 2048) -> ApplyResult:
@@ -382,14 +386,17 @@ def apply_adapter(store: Store, ref: str, *, model: str | None = None, chunk: in
     adapter = load_fitted(store, card)
     mcard, table = open_adapted(store, card)
     base_table = store.open_table(base.table)
-    existing = store.existing_ids(table)
-    written = 0
+    skipped = 0
     wanted = list(dict.fromkeys([c for c in table.schema.names if c not in ("codes", "patches")] + ["cls"] + (["patches"] if card.patches else [])))
-    for rows in _base_chunks(base_table, wanted, existing, chunk):
-        batch = adapt_rows(adapter, card, table.schema, rows)
-        store.write_features(table, batch)
-        written += batch.num_rows
-    return ApplyResult(card.adapter_hash, card.table, base.table, written, len(existing), table.count_rows(), base_table.version)
+    # commits on a background thread while the next chunk is adapted; only unseen ids go in
+    with TableWriter(table, label=card.table) as writer:
+        for rows, n_stored, version in _base_chunks(base_table, wanted, StoredIds(store.path, card.table), chunk):
+            skipped += n_stored
+            if rows.num_rows:
+                writer.put(adapt_rows(adapter, card, table.schema, rows), absent_at=version)
+    skipped += writer.handed - writer.inserted  # adapted by a concurrent apply meanwhile
+    table.checkout_latest()
+    return ApplyResult(card.adapter_hash, card.table, base.table, writer.inserted, skipped, table.count_rows(), base_table.version)
 
 
 def adapters_summary(store: Store) -> list[dict[str, Any]]:

@@ -89,6 +89,8 @@ class FeatureStore:
         adapters: Sequence[str] | None = None,
         tag: str | None = None,
         tag_run: bool = True,
+        commit_rows: int = 50_000,
+        commit_seconds: float = 2.0,
         progress: bool = False,
     ) -> ExtractSummary:
         """Extract CLS (and with ``dense`` patch) features of images into this store.
@@ -100,7 +102,7 @@ class FeatureStore:
             dense: also store patch tokens (float16).
             layers: blocks whose outputs to store, concatenated: ``"-4,-3,-2,-1"``, ``"last4"``
                 or ``[8, 9, 10, 11]``; None stores the backbone's default output.
-            batch_size: images per forward pass and per commit.
+            batch_size: images per forward pass.
             workers: DataLoader worker processes for decode + preprocess.
             device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
             max_error_rate: ``ok`` is False when errors / inputs exceeds this.
@@ -114,6 +116,10 @@ class FeatureStore:
                 batch as it is written; their tables end up covering every stored row.
             tag: name for the table version the run ends at (default ``run-<run id>``).
             tag_run: False leaves the version untagged.
+            commit_rows: commit once this many new rows are waiting.
+            commit_seconds: commit once the oldest waiting row has waited this long; rows
+                are committed on a background thread while the next batches are computed,
+                so a killed run loses at most about this many seconds of work.
             progress: show a progress bar on stderr.
 
         Returns:
@@ -136,6 +142,8 @@ class FeatureStore:
             adapters=list(adapters or []),
             tag=tag,
             tag_run=tag_run,
+            commit_rows=commit_rows,
+            commit_seconds=commit_seconds,
         )
         sources = expand_sources(str(p) for p in paths)
         if workers and (backbone, weights) not in self._backbones:

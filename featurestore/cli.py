@@ -67,6 +67,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         adapters=args.adapter or [],
         tag=args.tag,
         tag_run=not args.no_tag,
+        commit_rows=args.commit_every_rows,
+        commit_seconds=args.commit_every_seconds,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -288,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         "reading commands take --tag to pin a version",
     )
     tg.add_argument("--no-tag", action="store_true", help="leave that version untagged (so compaction can drop its files)")
-    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass and per commit (default 32)")
+    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    e.add_argument("--commit-every-rows", type=int, default=50_000, metavar="N", help="commit once N new rows wait (default 50000)")
+    e.add_argument(
+        "--commit-every-seconds", type=float, default=2.0, metavar="S",
+        help="commit once the oldest new row has waited S seconds (default 2: a kill loses about that much work)",
+    )
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     e.add_argument("--max-error-rate", type=float, default=1.0, help="exit 1 when errors/inputs exceeds this (default 1.0)")

@@ -1,4 +1,4 @@
-"""CLI for looking after a store: ``tag``, ``compact``, ``cleanup``, ``verify`` and ``manifest``.
+"""CLI for looking after a store: ``tag``, ``compact``, ``cleanup``, ``verify``, ``doctor`` and ``manifest``.
 
 Wired into :mod:`featurestore.cli` through ``_COMMAND_MODULES``.
 """
@@ -97,6 +97,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from featurestore.doctor import doctor
+    from featurestore.store import Store
+
+    checks = [c.as_dict() for c in doctor(Store(args.store), repair=args.repair)]
+    cols = ["table", "key", "rows", "duplicate_keys", "extra_rows"] + (["removed"] if args.repair else [])
+    _report(checks, args.json, f"keys stored more than once in {args.store}", cols)
+    left = sum(c["extra_rows"] - c["removed"] for c in checks)
+    if left and not args.json:
+        from featurestore.cli import _console
+
+        _console().print(f"{left} extra rows. Fix: featurestore doctor -s {args.store} --repair", markup=False, highlight=False)
+    return 1 if left else 0
+
+
 def add_commands(sub: Any) -> None:
     """Add ``tag``, ``compact``, ``cleanup``, ``verify`` and ``manifest`` to the ``featurestore`` subparsers."""
     from featurestore.paths import add_root_option
@@ -136,6 +151,12 @@ def add_commands(sub: Any) -> None:
     add_root_option(ve)
     ve.add_argument("--json", action="store_true")
     ve.set_defaults(func=cmd_verify)
+
+    dr = sub.add_parser("doctor", help="find keys stored more than once (tables written by older versions); --repair keeps one row each")
+    dr.add_argument("--store", "-s", required=True)
+    dr.add_argument("--repair", action="store_true", help="delete the extra rows (keeps the earliest created_at), one commit per table")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
 
     ma = sub.add_parser("manifest", help="describe a store as JSON: tables, cards, rows, versions, tags, content digests")
     ma.add_argument("--store", "-s", required=True)

@@ -6,8 +6,9 @@ timestamp, optionally cut into windows, and handed to an
 hash and the aggregator's spec (name, parameters, version), named
 ``<model table>-<aggregator>-<spec hash[:8]>``, with ``video_id``, ``start_s``, ``end_s``,
 ``n_frames`` and the ``frame_ids`` used, so a clip vector traces back to its frames. The
-``clips`` catalog table lists every clip table. Writes are ``merge_insert`` on a clip id
-derived from (spec, video, window), so aggregating twice adds nothing.
+``clips`` catalog table lists every clip table. Rows are keyed by a clip id derived from
+(spec, video, window) and committed like feature rows (only unseen ids, under the table's
+writer lock), so aggregating twice — or twice at once — adds nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.aggregator import Aggregator
+from featurestore.commit import Committer, MaintainPolicy
 from featurestore.config import ModelCard
 from featurestore.errors import ConfigError
 from featurestore.hashing import canonical_json, content_id
@@ -235,7 +237,7 @@ def aggregate_videos(
     patch_dim = agg.patch_dim(pdim_in) if card.dense else None
     name, spec_hash = clip_table_name(card, agg)
     dim = agg.cls_dim(card.dim)
-    table = store._open_or_create(name, clip_schema(dim, patch_dim))
+    table = store._open_or_create(name, clip_schema(dim, patch_dim), key="id")
     _register(store, name, card, agg, spec_hash, dim, patch_dim is not None)
     if video_ids is not None and not video_ids:
         return AggregateResult(name, agg.name, agg.spec(), 0, 0, 0)
@@ -297,9 +299,7 @@ def _write(table: Any, rows: list[dict[str, Any]]) -> int:
         else:
             cols[f.name] = pa.array(vals, f.type)
     batch = pa.Table.from_pydict(cols, schema=schema)
-    before = table.count_rows()
-    table.merge_insert("id").when_not_matched_insert_all().execute(batch)
-    return table.count_rows() - before
+    return Store.write_features(table, batch)  # only clip ids not stored yet, under the table's lock
 
 
 def _register(store: Store, name: str, card: ModelCard, agg: Aggregator, spec_hash: str, dim: int, dense: bool) -> None:
@@ -319,7 +319,8 @@ def _register(store: Store, name: str, card: ModelCard, agg: Aggregator, spec_ha
         ],
         schema=CATALOG_SCHEMA,
     )
-    store._open_or_create(CLIPS_CATALOG, CATALOG_SCHEMA).merge_insert("table").when_not_matched_insert_all().execute(row)
+    catalog = store._open_or_create(CLIPS_CATALOG, CATALOG_SCHEMA)
+    Committer(catalog, key="table", policy=MaintainPolicy(enabled=False)).commit(row)  # one row, also when two runs race
 
 
 def clip_tables(store: Store) -> list[dict[str, Any]]:

@@ -199,6 +199,8 @@ class ClusterResult:
 
 def _write_columns(table: Any, ids: list[str], fit: KMeansFit, k: int) -> int:
     """Add (once) and fill the two cluster columns by ``id``; returns the new version."""
+    from featurestore.commit import table_store_path
+    from featurestore.locks import table_lock
     from featurestore.store import ensure_fields
 
     col, dcol = column_names(k)
@@ -209,10 +211,16 @@ def _write_columns(table: Any, ids: list[str], fit: KMeansFit, k: int) -> int:
                 f"table {table.name} already has a column {f.name!r} of type {table.schema.field(f.name).type}, not {f.type}. "
                 f"Fix: drop it (table.drop_columns([{f.name!r}])) and cluster again."
             )
-    ensure_fields(table, want)
     src = pa.table({"id": pa.array(ids, pa.string()), col: pa.array(fit.labels, pa.int32()), dcol: pa.array(fit.dist, pa.float32())})
-    # only the given columns are replaced; rows not in `src` (written since we read) keep theirs
-    res = table.merge_insert("id").when_matched_update_all().execute(src)
+    if len(set(ids)) != len(ids):  # a table with duplicate ids (made by an older version): one source row per id
+        pos = {v: i for i, v in reversed(list(enumerate(ids)))}
+        first = sorted(pos.values())
+        src = src.take(pa.array(first, pa.int64()))
+    with table_lock(table_store_path(table), table.name):  # ordered with the writers' commits
+        table.checkout_latest()
+        ensure_fields(table, want)
+        # only the given columns are replaced; rows not in `src` (written since we read) keep theirs
+        res = table.merge_insert("id").when_matched_update_all().execute(src)
     version = int(getattr(res, "version", 0) or table.version)
     return version
 

@@ -111,7 +111,7 @@ class ExtractConfig(_Model):
     layers: list[int] | None = Field(
         None, description="block indices whose outputs to store, concatenated (negative: from the last); None: default output"
     )
-    batch_size: int = Field(32, ge=1, description="images per forward pass and per store commit")
+    batch_size: int = Field(32, ge=1, description="images per forward pass")
     workers: int = Field(2, ge=0, description="DataLoader worker processes for decode + preprocess (0: in-process)")
     device: str = Field("auto", description="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")
     max_error_rate: float = Field(1.0, ge=0.0, le=1.0, description="fail the run when errors / inputs exceeds this")
@@ -123,6 +123,10 @@ class ExtractConfig(_Model):
     adapters: list[str] = Field(default_factory=list, description="fitted adapters (hash or name) applied to each batch as it is written")
     tag: str | None = Field(None, description="tag the table's version at the end of the run with this name (default run-<run id>)")
     tag_run: bool = Field(True, description="tag the version at the end of the run at all (False: --no-tag)")
+    commit_rows: int = Field(50_000, ge=1, description="commit once this many new rows are waiting")
+    commit_seconds: float = Field(
+        2.0, ge=0.0, description="commit once the oldest waiting row has waited this long (a kill loses at most about this much work)"
+    )
 
 
 class ErrorRecord(_Model):

@@ -1,8 +1,10 @@
-"""The extraction run: DataLoader workers → batched forward → batched idempotent writes.
+"""The extraction run: DataLoader workers → batched forward → grouped idempotent commits.
 
-Memory stays flat in the number of images: only the file list, the set of ids already
-stored, and one batch in flight per worker are held. Each forward batch is committed
-before the next is computed, so a killed run loses at most its open batch.
+Memory stays flat in the size of the table: the workers ask the table (by index) which
+ids of a chunk of files are stored, and only the new ones are decoded; no process holds
+the set of every stored id. Rows go to a :class:`~featurestore.writer.TableWriter` that
+commits them every ``commit_seconds`` (or ``commit_rows``) on a background thread while
+the next batches are computed, so a killed run loses at most a few seconds of work.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import torch
 from featurestore import __version__
 from featurestore.backbone import Backbone
 from featurestore.config import ErrorRecord, ExtractConfig, ExtractSummary, ModelCard
-from featurestore.errors import ConfigError, StoreError
+from featurestore.errors import ConfigError
 from featurestore.hashing import model_hash, weights_sha256
 from featurestore.clips import load_aggregators
 from featurestore.layers import resolve_layers
 from featurestore.loader import SourceDataset, make_loader, start_worker_server
 from featurestore.media import DECODE_POLICY
+from featurestore.commit import CommitResult, StoredIds
 from featurestore.paths import local_locations, source_uri
-from featurestore.store import Store, feature_batch, table_name_for
+from featurestore.store import ERRORS_SCHEMA, ERRORS_TABLE, Store, error_rows, feature_batch, table_name_for
+from featurestore.writer import TableWriter
 
 MAX_ERROR_SAMPLES = 20
 
@@ -162,25 +166,42 @@ def run_extraction(
     table = store.register_model(card)
     if table.name != card.table:  # the model, reached by another spelling of its path, already has a table
         card = next(c for c in store.cards() if c.model_hash == card.model_hash)
-    adapted = [_OnTheFly(store, card, ref) for ref in config.adapters]  # checked before any image is read
-    existing = frozenset(store.existing_ids(table))
+    adapted = [_OnTheFly(store, card, ref, config) for ref in config.adapters]  # checked before any image is read
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     tag = (config.tag or f"run-{run_id}") if config.tag_run else None
     if tag is not None and tag in table.tags.list():  # before any work: the name is taken
         raise ConfigError(f"table {card.table} already has a tag {tag!r}. Fix: --tag another name (or --no-tag).")
     backbone.to(device)
 
-    dataset = SourceDataset(sources, preprocessor, existing, config.max_pixels, sample if n_videos else None)
+    stored = StoredIds(store.path, card.table)  # asked by the workers, a chunk of files at a time
+    dataset = SourceDataset(sources, preprocessor, stored, config.max_pixels, sample if n_videos else None)
     loader = make_loader(dataset, batch_size=config.batch_size, workers=config.workers, pin_memory=device.type == "cuda")
     schema = table.schema
-    seen: set[str] = set()
-    written = skipped_existing = skipped_dup = frames_written = 0
+    seen: set[str] = set()  # ids of this run (same bytes under two paths are computed once)
+    handed = skipped_existing = skipped_dup = 0
+    frames = {"written": 0}
+
+    def count_frames(res: CommitResult) -> None:
+        if res.rows is not None and "video_id" in res.rows.column_names:
+            frames["written"] += res.rows.num_rows - res.rows.column("video_id").null_count
+
+    writer = TableWriter(
+        store.db.open_table(card.table),
+        commit_rows=config.commit_rows,
+        commit_seconds=config.commit_seconds,
+        on_commit=count_frames,
+        label=card.table,
+    )
+    error_writer: TableWriter | None = None
+    writers = [writer, *(ad.writer for ad in adapted)]
     run_videos: list[str] = []  # video ids with frames in this run (new or already stored), in order
     run_videos_seen: set[str] = set()
     errors: list[ErrorRecord] = []
+    n_errors = 0
     error_budget = config.max_error_rate * len(sources)
     bar = _Progress(len(sources), progress, config.backbone)
     t0 = time.perf_counter()
+    ok = False
     try:
         for batch in loader:
             batch_errors = list(batch.errors)
@@ -210,26 +231,36 @@ def run_extraction(
                     for m in metas:
                         seen.discard(m.id)
                     continue
-                try:
-                    store.write_features(table, rows)
-                except Exception as exc:
-                    raise StoreError(
-                        f"writing {rows.num_rows} rows to table {card.table} in {store.path} failed: {exc}. "
-                        f"Rows committed before this batch are kept; re-run to finish."
-                    ) from exc
+                checked = [m.checked_version for m in metas]
+                # the ids were absent at the oldest version the workers asked (None: not asked)
+                writer.put(rows, absent_at=None if None in checked else min(checked))  # type: ignore[type-var]
                 for ad in adapted:
-                    ad.write(store, rows)
+                    ad.put(rows)
                 n_new += rows.num_rows
-                frames_written += sum(1 for m in metas if m.video_id is not None)
-            written += n_new
+            handed += n_new
             if batch_errors:
-                store.write_errors(batch_errors, run_id=run_id, model_hash=card.model_hash, backbone=card.backbone)
-                errors += batch_errors
+                if error_writer is None:  # created on the first error: a clean run makes no errors table
+                    error_writer = TableWriter(
+                        store._open_or_create(ERRORS_TABLE, ERRORS_SCHEMA),
+                        key=None,
+                        commit_rows=config.commit_rows,
+                        commit_seconds=config.commit_seconds,
+                        label=ERRORS_TABLE,
+                    )
+                    writers.append(error_writer)
+                error_writer.put(error_rows(batch_errors, run_id=run_id, model_hash=card.model_hash, backbone=card.backbone))
+                n_errors += len(batch_errors)
+                errors += batch_errors[: max(0, MAX_ERROR_SAMPLES - len(errors))]
             bar.advance(batch.sources_done, n_new)
-            if config.max_error_rate < 1.0 and len(errors) > error_budget:
+            if config.max_error_rate < 1.0 and n_errors > error_budget:
                 break  # the limit is already exceeded: finishing cannot bring the rate back
+        ok = True
     finally:
         bar.close()
+        _close_writers(writers, ok)
+    written = writer.inserted
+    skipped_existing += handed - written  # stored by another run between the workers' check and our commit
+    frames_written = frames["written"]
     clips_written, clip_tables = 0, []
     if aggregators:
         from featurestore.clips import aggregate_videos
@@ -242,11 +273,12 @@ def run_extraction(
     for ad in adapted:
         ad.finish(store)  # rows stored before this run (skipped above) are adapted too
         adapted_tables[ad.card.table] = ad.written
+    table.checkout_latest()  # every writer has flushed: the version holds this run's rows
     version = int(table.version)
     if tag is not None:
         table.tags.create(tag, version)  # a durable pin: cleanup never removes a tagged version
     seconds = time.perf_counter() - t0
-    rate = len(errors) / len(sources) if sources else 0.0
+    rate = n_errors / len(sources) if sources else 0.0
     succeeded = written + skipped_existing + skipped_dup
     return ExtractSummary(
         run_id=run_id,
@@ -260,7 +292,7 @@ def run_extraction(
         written=written,
         skipped_existing=skipped_existing,
         skipped_duplicate=skipped_dup,
-        errors=len(errors),
+        errors=n_errors,
         videos=n_videos,
         frames_written=frames_written,
         clips_written=clips_written,
@@ -276,35 +308,48 @@ def run_extraction(
     )
 
 
+def _close_writers(writers: list[TableWriter], ok: bool) -> None:
+    """Flush every writer (also when the run stops on an error: rows computed are kept);
+    the first failure is raised once all were tried."""
+    first: BaseException | None = None
+    for w in writers:
+        try:
+            w.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            w.abort()
+            first = first or exc
+    if first is not None and ok:
+        raise first
+
+
 class _OnTheFly:
     """A fitted adapter applied to each batch as it is written (``--adapter``)."""
 
-    def __init__(self, store: Store, card: ModelCard, ref: str):
+    def __init__(self, store: Store, card: ModelCard, ref: str, config: ExtractConfig):
         from featurestore.adapters import adapter_card, check_base, load_fitted, open_adapted
 
         self.card = adapter_card(store, ref)
         check_base(self.card, card)
         self.adapter = load_fitted(store, self.card)
         _, self.table = open_adapted(store, self.card)
+        self.writer = TableWriter(
+            self.table,
+            commit_rows=config.commit_rows,
+            commit_seconds=config.commit_seconds,
+            label=f"{self.card.table} (adapted; the raw rows are stored: finish with "
+            f"featurestore adapt apply -s {store.path} --adapter {self.card.adapter_hash[:12]})",
+        )
         self.written = 0
 
-    def write(self, store: Store, rows: Any) -> None:
+    def put(self, rows: Any) -> None:
         from featurestore.adapters import adapt_rows
 
-        batch = adapt_rows(self.adapter, self.card, self.table.schema, rows)
-        try:
-            store.write_features(self.table, batch)
-        except Exception as exc:
-            raise StoreError(
-                f"writing {batch.num_rows} adapted rows to table {self.card.table} failed: {exc}. The raw rows are "
-                f"stored; finish with: featurestore adapt apply -s {store.path} --adapter {self.card.adapter_hash[:12]}"
-            ) from exc
-        self.written += batch.num_rows
+        self.writer.put(adapt_rows(self.adapter, self.card, self.table.schema, rows))
 
     def finish(self, store: Store) -> None:
         from featurestore.adapters import apply_adapter
 
-        self.written += apply_adapter(store, self.card.adapter_hash).written
+        self.written = self.writer.inserted + apply_adapter(store, self.card.adapter_hash).written
 
 
 def _forward_rows(

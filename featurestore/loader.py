@@ -1,7 +1,8 @@
 """Read → hash → decode → preprocess, run in DataLoader worker processes.
 
 Each item comes back as ok (pixels ready), skipped (its content id is already in the
-table, so it is not computed; images are not even decoded), or an error record. A video
+table, so it is not computed; images are not even decoded — the table is asked, by
+index, a chunk of files at a time), or an error record. A video
 becomes one item per sampled frame. Batches are collated in the workers so the main
 process only runs the forward pass and writes.
 """
@@ -39,6 +40,7 @@ class Meta:
     video_id: str | None = None  # SHA-256 of the video file's bytes, for frames
     timestamp_s: float | None = None  # presentation time of a frame
     frame_index: int | None = None  # presentation index of a frame, when known exactly
+    checked_version: int | None = None  # table version at which this id was not stored
 
 
 @dataclass
@@ -102,43 +104,71 @@ def _file_sha256(uri: str) -> str:
     return h.hexdigest()
 
 
+#: images read and hashed before one "which of these are stored?" question to the table
+CHECK_CHUNK = 32
+
+
 class SourceDataset(IterableDataset):
     """Image and video files → items; picklable so it runs in worker processes.
 
     Each worker takes every ``num_workers``-th source. An image is one item; a video is
     one item per sampled frame, decoded as a stream (never the whole video in memory).
+    ``stored`` says which ids are stored already (those are not decoded): a
+    :class:`featurestore.commit.StoredIds` that asks the table by index, a chunk of
+    images (or one video) at a time, or a plain set.
     """
 
     def __init__(
         self,
         uris: list[str],
         preprocessor: Preprocessor,
-        skip_ids: frozenset[str],
+        stored: Any,  # featurestore.commit.StoredIds, or a set of ids
         max_pixels: int | None,
         sample: Any = None,  # featurestore.video.SampleSpec for video files
     ):
         self.uris = uris
         self.preprocessor = preprocessor
-        self.skip_ids = skip_ids
+        self.stored = stored
         self.max_pixels = max_pixels
         self.sample = sample
+
+    def _stored(self, ids: list[str]) -> tuple[set[str] | frozenset[str], int | None]:
+        if isinstance(self.stored, (set, frozenset)):
+            return self.stored, None
+        return self.stored.check(ids)
 
     def __iter__(self) -> Iterator[_Item]:
         info = get_worker_info()
         uris = self.uris if info is None else self.uris[info.id :: info.num_workers]
+        chunk: list[str] = []
         for uri in uris:
             if is_video_path(uri):
                 yield from _with_last(self._video_items(uri))
-            else:
-                yield self._image_item(uri)
+                continue
+            chunk.append(uri)
+            if len(chunk) >= CHECK_CHUNK:
+                yield from self._image_items(chunk)
+                chunk = []
+        yield from self._image_items(chunk)
 
-    def _image_item(self, uri: str) -> _Item:
-        try:
-            data = Path(uri).read_bytes()
-        except OSError as exc:
-            return _Item("error", _read_error(uri, exc))
-        cid = content_id(data)
-        if cid in self.skip_ids:
+    def _image_items(self, uris: list[str]) -> Iterator[_Item]:
+        read: list[tuple[str, bytes, str]] = []
+        for uri in uris:
+            try:
+                data = Path(uri).read_bytes()
+            except OSError as exc:
+                yield _Item("error", _read_error(uri, exc))
+                continue
+            read.append((uri, data, content_id(data)))
+        if not read:
+            return
+        stored, version = self._stored([cid for _, _, cid in read])
+        while read:
+            uri, data, cid = read.pop(0)  # each file's bytes are released once it is done
+            yield self._image_item(uri, data, cid, stored, version)
+
+    def _image_item(self, uri: str, data: bytes, cid: str, stored: set[str] | frozenset[str], version: int | None) -> _Item:
+        if cid in stored:
             return _Item("skip", (cid, uri))
         try:
             img = decode_image(data, uri, max_pixels=self.max_pixels)
@@ -148,7 +178,8 @@ class SourceDataset(IterableDataset):
             pre = self.preprocessor(img)
         except Exception as exc:
             return _Item("error", _error(uri, cid, "preprocess", exc))
-        return _Item("ok", (Meta(cid, uri, img.size, tuple(float(v) for v in pre.crop_box)), pre.pixel_values))  # type: ignore[arg-type]
+        meta = Meta(cid, uri, img.size, tuple(float(v) for v in pre.crop_box), checked_version=version)  # type: ignore[arg-type]
+        return _Item("ok", (meta, pre.pixel_values))
 
     def _video_items(self, uri: str) -> Iterator[_Item]:
         from featurestore.video import DEFAULT_SAMPLE, iter_frames, parse_sample
@@ -158,6 +189,10 @@ class SourceDataset(IterableDataset):
         except OSError as exc:
             yield _Item("error", _read_error(uri, exc))
             return
+        if isinstance(self.stored, (set, frozenset)):
+            stored, version = self.stored, None
+        else:
+            stored, version = self.stored.of_video(vid)  # one indexed query for all its frames
         frames = iter_frames(uri, self.sample or parse_sample(DEFAULT_SAMPLE), uri=uri, max_pixels=self.max_pixels)
         last_ts: float | None = None
         while True:
@@ -172,7 +207,7 @@ class SourceDataset(IterableDataset):
             last_ts = frame.timestamp_s
             fid = frame_id(vid, frame.pts, frame.time_base)
             label = f"{uri}#t={frame.timestamp_s:.6f}"
-            if fid in self.skip_ids:
+            if fid in stored:
                 yield _Item("skip", (fid, label), video_id=vid)
                 continue
             try:
@@ -180,7 +215,7 @@ class SourceDataset(IterableDataset):
             except Exception as exc:
                 yield _Item("error", _error(uri, fid, "preprocess", exc, timestamp_s=frame.timestamp_s))
                 continue
-            meta = Meta(fid, uri, frame.image.size, tuple(float(v) for v in pre.crop_box), vid, frame.timestamp_s, frame.frame_index)  # type: ignore[arg-type]
+            meta = Meta(fid, uri, frame.image.size, tuple(float(v) for v in pre.crop_box), vid, frame.timestamp_s, frame.frame_index, version)  # type: ignore[arg-type]
             yield _Item("ok", (meta, pre.pixel_values), video_id=vid)
 
 

@@ -14,7 +14,9 @@ import warnings
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from featurestore.commit import MAINTAIN_SUFFIX, optimize
 from featurestore.errors import ConfigError, StoreError
+from featurestore.locks import table_lock
 from featurestore.store import Store
 
 #: LanceDB catalog tables are compacted like the others
@@ -72,16 +74,19 @@ def compact(store: Store, model: str | None = None, *, cleanup: bool = True, tag
         table = store.db.open_table(name)
         if tag is not None and tag in table.tags.list():
             raise ConfigError(f"table {name} already has a tag {tag!r}. Fix: choose another name.")
-        before = int(table.version)
-        files_before = _data_files(table)
-        table.optimize()  # compaction + index update; no cleanup here (see below)
-        note = None
-        if cleanup:
-            with warnings.catch_warnings():  # LanceDB warns that older versions go: that is what compact is for
-                warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")
-                note = _cleanup(table, timedelta(0))
-        if tag is not None:
-            table.tags.create(tag, int(table.version))
+        # compaction adds no rows: writers keep appending; one compaction of a table at a time
+        with table_lock(store.path, name + MAINTAIN_SUFFIX):
+            table.checkout_latest()
+            before = int(table.version)
+            files_before = _data_files(table)
+            optimize(table)  # compaction + index update; no cleanup here (see below)
+            note = None
+            if cleanup:
+                with warnings.catch_warnings():  # LanceDB warns that older versions go: that is what compact is for
+                    warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")
+                    note = _cleanup(table, timedelta(0))
+            if tag is not None:
+                table.tags.create(tag, int(table.version))
         out.append(
             {
                 "table": name,
@@ -107,7 +112,8 @@ def cleanup(store: Store, model: str | None = None, *, older_than: timedelta = t
     for name in _tables(store, model):
         table = store.db.open_table(name)
         before = len(table.list_versions())
-        note = _cleanup(table, older_than)
+        with table_lock(store.path, name + MAINTAIN_SUFFIX):
+            note = _cleanup(table, older_than)
         out.append({"table": name, "versions_before": before, "versions": len(table.list_versions()), "note": note})
     return out
 

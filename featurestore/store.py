@@ -1,8 +1,10 @@
 """LanceDB storage: the `models` catalog, one feature table per model hash, `errors`.
 
-Feature rows are keyed by ``id`` (SHA-256 of the source bytes). Writes go through
-``merge_insert("id")`` inserting only unseen ids, so a batch committed twice — by a
-re-run, or by two runs at once — never duplicates a row.
+Feature rows are keyed by ``id`` (SHA-256 of the source bytes). Every write goes through
+:class:`featurestore.commit.Committer`: under the table's writer lock it appends only the
+ids the table does not hold yet (an indexed lookup), so a batch committed twice — by a
+re-run, or by two runs at once — never duplicates a row. Tables are created, and catalog
+rows added, under the same kind of lock.
 
 Dense patch tokens are stored as ``list<fixed_size_list<float16, D>>`` (LanceDB's
 multivector type). A FixedSizeList of FixedSizeList is never used: LanceDB 0.40 cannot
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -20,8 +23,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from featurestore.commit import Committer, MaintainPolicy, ensure_indices, index_columns
 from featurestore.config import ErrorRecord, ModelCard
 from featurestore.errors import MissingDependencyError, StoreError, StoreNotFoundError, UnknownModelError
+from featurestore.locks import table_lock
 
 if TYPE_CHECKING:
     import lancedb
@@ -160,6 +165,17 @@ def ensure_fields(table: Any, schema: pa.Schema) -> Any:
     return table
 
 
+def error_rows(records: Sequence[ErrorRecord], *, run_id: str, model_hash: str, backbone: str) -> pa.Table:
+    """Rows of the ``errors`` table for ``records``."""
+    now = datetime.now(timezone.utc)
+    rows = [dict(r.model_dump(), run_id=run_id, model_hash=model_hash, backbone=backbone, created_at=now) for r in records]
+    return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
+
+
+#: committers of table handles passed to Store.write_features (gone with the handle)
+_COMMITTERS: "weakref.WeakKeyDictionary[Any, Committer]" = weakref.WeakKeyDictionary()
+
+
 def _connect(path: str) -> "lancedb.DBConnection":
     from featurestore.lazy import import_lancedb  # skips the REST client a local store never uses
 
@@ -217,10 +233,21 @@ class Store:
             if not token:
                 return names
 
-    def _open_or_create(self, name: str, schema: pa.Schema) -> Any:
-        if name in self.table_names():
-            return ensure_fields(self.db.open_table(name), schema)
-        return self.db.create_table(name, schema=schema, exist_ok=True)
+    def _open_or_create(self, name: str, schema: pa.Schema, *, key: str | None = None) -> Any:
+        """Open table ``name`` for writing, creating it (with ``schema``) when missing.
+
+        Under the table's writer lock, so two processes creating one table at once get one
+        table, and columns an older table lacks are added once. ``key``: the column rows
+        are keyed by; it (and ``video_id`` where present) gets a BTREE index.
+        """
+        with table_lock(self.path, name):
+            if name in self.table_names():
+                table = ensure_fields(self.db.open_table(name), schema)
+            else:
+                table = self.db.create_table(name, schema=schema)
+            if key is not None:
+                ensure_indices(table, index_columns(table.schema, key))
+            return table
 
     def open_table(self, name: str) -> Any:
         if name not in self.table_names():
@@ -254,12 +281,13 @@ class Store:
             ],
             schema=MODELS_SCHEMA,
         )
-        models.merge_insert("model_hash").when_not_matched_insert_all().execute(row)
+        # two first runs of one model at once: the lock makes it one `models` row
+        Committer(models, key="model_hash", policy=MaintainPolicy(enabled=False)).commit(row)
         # read back after the insert: whichever card won (an earlier run's, or a concurrent one's) names the table
         key = card.model_hash.replace("'", "''")
         got = models.search().where(f"model_hash = '{key}'").select(["table"]).limit(1).to_arrow()
         name = got.column("table")[0].as_py() if got.num_rows else card.table
-        return self._open_or_create(name, schema or feature_schema(card.dim, card.dense, card.patch_dim))
+        return self._open_or_create(name, schema or feature_schema(card.dim, card.dense, card.patch_dim), key="id")
 
     def cards(self) -> list[ModelCard]:
         if MODELS_TABLE not in self.table_names():
@@ -314,25 +342,31 @@ class Store:
 
     # -- feature rows ----------------------------------------------------------
     @staticmethod
-    def existing_ids(table: Any) -> set[str]:
-        if table.count_rows() == 0:
-            return set()
-        # a projected scan: only the id column is read, never the features
-        return set(table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist())
+    def committer(table: Any, key: str = "id") -> Committer:
+        """The committer of this table handle (one per handle, so it remembers its own commits)."""
+        c = _COMMITTERS.get(table)
+        if c is None or c.key != key:
+            c = _COMMITTERS[table] = Committer(table, key=key)
+        return c
 
     @staticmethod
-    def write_features(table: Any, batch: pa.Table) -> None:
-        """Insert rows whose ``id`` is not yet in ``table`` (one atomic commit)."""
-        if batch.num_rows:
-            table.merge_insert("id").when_not_matched_insert_all().execute(batch)
+    def write_features(table: Any, batch: pa.Table, absent_at: int | None = None) -> int:
+        """Insert the rows whose ``id`` is not yet in ``table`` (one atomic commit under the
+        table's writer lock); returns how many were inserted.
+
+        Args:
+            absent_at: a version of ``table`` at which none of the batch's ids was stored
+                (lets the commit skip its lookup when nobody else committed since).
+        """
+        if not batch.num_rows:
+            return 0
+        return Store.committer(table).commit(batch, absent_at).inserted
 
     # -- errors ----------------------------------------------------------------
     def write_errors(self, records: Sequence[ErrorRecord], *, run_id: str, model_hash: str, backbone: str) -> None:
         if not records:
             return
-        now = datetime.now(timezone.utc)
-        rows = [dict(r.model_dump(), run_id=run_id, model_hash=model_hash, backbone=backbone, created_at=now) for r in records]
-        self._open_or_create(ERRORS_TABLE, ERRORS_SCHEMA).add(pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA))
+        self._open_or_create(ERRORS_TABLE, ERRORS_SCHEMA).add(error_rows(records, run_id=run_id, model_hash=model_hash, backbone=backbone))
 
     def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
         if ERRORS_TABLE not in self.table_names():

@@ -180,3 +180,24 @@ def test_extract_into_a_clustered_table(tiny_dinov2, clustered_real, tmp_path):
     assert more.written == 2 and more.table == table, more.error_samples
     rows = fs.table(table).to_arrow().to_pylist()
     assert sum(r["cluster_k3"] is None for r in rows) == 2 and len(rows) == 10
+
+
+def test_a_table_holding_duplicate_ids_is_read_and_clustered(tmp_path):
+    """Older versions could store an id twice (two runs at once): readers and cluster cope."""
+    path = tmp_path / "s"
+    table = Store(path).register_model(_card("ef" * 32))
+    x, _ = _planted(np.random.default_rng(3), 40, 3)
+    n = len(x)
+    ids = [f"{i:064x}" for i in range(n)]
+    batch = feature_batch(
+        table.schema, ids=ids, uris=[f"/x/{i}.jpg" for i in range(n)], sizes=[(8, 8)] * n,
+        crop_boxes=np.tile(np.float32([0, 0, 8, 8]), (n, 1)), cls=x.astype(np.float32), patches=None, grids=None, run_id="r",
+    )
+    table.add(batch)
+    table.add(batch.slice(0, 10))  # bypassing the store's commit path, as a racing older version did
+    ds = FeatureDataset(path, table.name, columns=["cls"])
+    assert len(ds) == n + 10 and ds[0]["cls"].shape == (DIM,)
+    res = cluster(path, table.name, 3, seed=0)
+    rows = FeatureStore(path).table(table.name).to_arrow().to_pylist()
+    assert len(rows) == n + 10 and all(r["cluster_k3"] is not None for r in rows)
+    assert res.rows == n + 10

@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from featurestore.commit import stored_keys
 from featurestore.config import ModelCard, TokenLayout
 from featurestore.errors import UnknownModelError
 from featurestore.store import Store, feature_batch, feature_schema, table_name_for
@@ -82,11 +83,15 @@ def test_write_is_idempotent_on_id(tmp_path):
         table.schema, ids=ids, uris=list("abcde"), sizes=[(1, 1)] * 5, crop_boxes=np.zeros((5, 4)),
         cls=rng.standard_normal((5, 8)).astype(np.float32), patches=None, grids=None, run_id="r1",
     )
-    Store.write_features(table, batch)
-    Store.write_features(table, batch)  # a re-committed batch adds nothing
-    Store.write_features(table, batch.slice(2))
+    assert Store.write_features(table, batch.slice(0, 3)) == 3
+    # a re-committed batch adds only what is new; a batch repeating an id inside it, once
+    assert Store.write_features(table, pa.concat_tables([batch, batch.slice(4)])) == 2
+    assert Store.write_features(table, batch.slice(2)) == 0
     assert table.count_rows() == 5
-    assert Store.existing_ids(table) == set(ids)
+    assert stored_keys(table, ids + ["ff" * 32]) == set(ids)
+    # a handle that never wrote (another process's view) is moved to the latest version
+    other = Store(tmp_path / "s").db.open_table(table.name)
+    assert Store.write_features(other, batch) == 0 and other.count_rows() == 5
 
 
 def test_catalog_one_row_per_hash_and_lookup(tmp_path):
