@@ -127,4 +127,17 @@ def cached(store: str, key: str, compute: Callable[[], Any]) -> Any:
     return value
 
 
-__all__ = ["CACHE_FILE", "ENV_DISABLE", "cached", "enabled", "fingerprint"]
+def warm(store: str, answers: dict[str, Callable[[], Any]]) -> None:
+    """Fill the cache for a local store right after a write (``{key: compute}``), while LanceDB
+    is loaded anyway. Never raises: the write it follows has succeeded, and a missing answer is
+    only computed later."""
+    if not enabled() or _local_dir(str(store)) is None:
+        return
+    for key, compute in answers.items():
+        try:
+            cached(store, key, compute)
+        except Exception:  # noqa: BLE001 - see the docstring
+            return
+
+
+__all__ = ["CACHE_FILE", "ENV_DISABLE", "cached", "enabled", "fingerprint", "warm"]

@@ -136,3 +136,14 @@ def test_errors_are_not_cached(store):
         with pytest.raises(KeyError):
             cached(str(path), "bad", boom)
     assert calls == [1, 1]
+
+
+def test_extract_leaves_models_and_errors_answered(tmp_path, tiny_dinov2):
+    write_images(tmp_path / "a", 2)
+    path = tmp_path / "store.lance"
+    got, err = run_cli_fresh(["extract", tmp_path / "a", "-b", f"hf:{tiny_dinov2}", "-s", path, "--workers", "0"], watch=HEAVY)
+    assert got["rc"] == 0, err
+    for args in (["models"], ["errors"]):
+        again, err = run_cli_fresh([*args, "-s", path, "--json"], watch=HEAVY)
+        assert (again["rc"], again["imported"]) == (0, []), (args, err)
+    assert json.loads(again["stdout"]) == [] and json.loads(run_cli_fresh(["models", "-s", path, "--json"])[0]["stdout"])[0]["rows"] == 2
