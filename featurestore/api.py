@@ -146,13 +146,21 @@ class FeatureStore:
             commit_seconds=commit_seconds,
         )
         sources = expand_sources(str(p) for p in paths)
+        started = False
         if workers and (backbone, weights) not in self._backbones:
             # the workers' forkserver imports torch and the plugin's image processing while this
             # process loads the model (seconds each): side by side instead of one after the other
             from featurestore.workers import start_worker_server
 
-            start_worker_server(preload=get_host().backbones.get(backbone).metadata.get("worker_preload", ()))
-        model = self.backbone(backbone, weights)  # a hub that cannot be reached fails here, before torch is imported
+            started = start_worker_server(preload=get_host().backbones.get(backbone).metadata.get("worker_preload", ()))
+        try:
+            model = self.backbone(backbone, weights)  # a hub that cannot be reached fails here, before torch is imported
+        except BaseException:
+            if started:  # no worker will run: stop its server now rather than after its imports
+                from featurestore.workers import stop_worker_server
+
+                stop_worker_server()
+            raise
         from featurestore.extract import run_extraction
 
         return run_extraction(self.store, model, sources, config, progress=progress)

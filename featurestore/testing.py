@@ -187,6 +187,15 @@ def write_images(directory: Path, n: int, *, size: tuple[int, int] = (64, 48), f
     return paths
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _catalog_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """The catalog commands' answers (featurestore.catalog_cache) go to a temporary directory,
+    not the user's cache, for the whole test session (subprocesses included)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATURESTORE_CACHE_DIR", str(tmp_path_factory.mktemp("catalog-cache")))
+        yield
+
+
 @pytest.fixture
 def image_dir(tmp_path: Path) -> Path:
     """A directory of 7 distinct JPEGs (and 1 PNG in a subdirectory)."""

@@ -12,8 +12,10 @@ its imports then run beside the model library's in this process, instead of afte
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import pickletools
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -53,15 +55,50 @@ def worker_context(preload: Sequence[str] = ()) -> Any:
     return ctx
 
 
-def start_worker_server(preprocessor: Any = None, *, preload: Sequence[str] = ()) -> None:
+def _server_pid() -> int | None:
+    # multiprocessing keeps the forkserver's pid on a private attribute (3.8 to 3.13 at least);
+    # without it, nothing here can stop the server, and nothing breaks
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def start_worker_server(preprocessor: Any = None, *, preload: Sequence[str] = ()) -> bool:
     """Start the forkserver now, without waiting for its imports: those of ``preload`` and of
-    ``preprocessor``'s pickle. A no-op when this process already has one."""
+    ``preprocessor``'s pickle. A no-op when this process already has one.
+
+    Returns:
+        Whether a new forkserver process was started (see :func:`stop_worker_server`).
+    """
     mods = [*preload, *(m for m in pickled_modules(preprocessor) if m not in preload)] if preprocessor is not None else list(preload)
     ctx = worker_context(mods)
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+    if ctx.get_start_method() != "forkserver":
+        return False
+    from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+    before = _server_pid()
+    forkserver.ensure_running()
+    after = _server_pid()
+    return after is not None and after != before
 
 
-__all__ = ["BASE_PRELOAD", "pickled_modules", "start_worker_server", "worker_context"]
+def stop_worker_server() -> None:
+    """Stop this process's forkserver at once, e.g. when the model failed to load after
+    :func:`start_worker_server`: the server may go on importing for seconds, and it holds this
+    process's stdout and stderr, so a caller reading them through a pipe would wait for it.
+    The next :func:`start_worker_server` starts a new one."""
+    from multiprocessing import forkserver
+
+    pid = _server_pid()
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)  # private, as above
+    if pid is None or stop is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)  # it may be busy importing: closing its pipe would not stop it
+    except ProcessLookupError:
+        pass
+    stop()  # reaps it and forgets it
+
+
+__all__ = ["BASE_PRELOAD", "pickled_modules", "start_worker_server", "stop_worker_server", "worker_context"]

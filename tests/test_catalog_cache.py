@@ -12,7 +12,7 @@ import os
 import pytest
 
 from featurestore import FeatureStore
-from featurestore.catalog_cache import CACHE_FILE, cached, fingerprint
+from featurestore.catalog_cache import cache_file, cached, fingerprint
 from featurestore.cli import main
 from featurestore.testing import MODEL_LIBRARIES, run_cli_fresh, write_images
 from featurestore.versions import tag_version
@@ -58,7 +58,8 @@ def test_a_second_read_uses_the_cache_and_imports_no_lancedb(store):
         assert first["rc"] == 0 and "lancedb" in first["imported"], (args, err)
         again, err = run_cli_fresh([*args, "-s", path, "--json"], watch=HEAVY)
         assert (again["rc"], again["imported"], again["stdout"]) == (0, [], first["stdout"]), (args, err)
-    assert (path / CACHE_FILE).is_file()
+    assert cache_file(path).is_file()
+    assert {p.name for p in path.iterdir()} == {p.name for p in path.iterdir() if p.name.endswith(".lance")}  # nothing added to the store
 
 
 def test_cached_answers_print_what_lancedb_gives(store, capsys, monkeypatch):
@@ -108,9 +109,11 @@ def test_fingerprint_changes_with_a_commit_and_not_with_a_read(store):
     assert fingerprint(path) != before
 
 
-def test_an_unwritable_cache_still_answers(store, capsys):
+def test_an_unwritable_cache_still_answers(store, capsys, monkeypatch, tmp_path):
     path, _ = store
-    (path / CACHE_FILE).mkdir()  # neither readable nor replaceable as a file
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("FEATURESTORE_CACHE_DIR", str(blocker))  # no directory can be made there
     first = _json(capsys, "models", "-s", path)
     assert first == _json(capsys, "models", "-s", path) and first[0]["rows"] == 3
 
@@ -136,3 +139,31 @@ def test_errors_are_not_cached(store):
         with pytest.raises(KeyError):
             cached(str(path), "bad", boom)
     assert calls == [1, 1]
+
+
+def test_extract_leaves_models_and_errors_answered(tmp_path, tiny_dinov2):
+    write_images(tmp_path / "a", 2)
+    path = tmp_path / "store.lance"
+    got, err = run_cli_fresh(["extract", tmp_path / "a", "-b", f"hf:{tiny_dinov2}", "-s", path, "--workers", "0"], watch=HEAVY)
+    assert got["rc"] == 0, err
+    for args in (["models"], ["errors"]):
+        again, err = run_cli_fresh([*args, "-s", path, "--json"], watch=HEAVY)
+        assert (again["rc"], again["imported"]) == (0, []), (args, err)
+    assert json.loads(again["stdout"]) == [] and json.loads(run_cli_fresh(["models", "-s", path, "--json"])[0]["stdout"])[0]["rows"] == 2
+
+
+def test_a_store_written_again_from_scratch_is_not_taken_for_the_old_one(tmp_path, tiny_dinov2, capsys):
+    """As a DVC stage does: delete the store, write it again with as many commits, other content."""
+    import shutil
+
+    path = tmp_path / "store.lance"
+    write_images(tmp_path / "a", 3)
+    FeatureStore(path).extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", workers=0, tag_run=False)
+    first = _json(capsys, "manifest", "-s", path)
+    shutil.rmtree(path)
+    shutil.rmtree(tmp_path / "a")
+    write_images(tmp_path / "a", 3, seed=7)  # the same number of images, other pixels
+    FeatureStore(path).extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", workers=0, tag_run=False)
+    second = _json(capsys, "manifest", "-s", path)
+    (name,) = [t for t, v in second["tables"].items() if v["kind"] == "features"]
+    assert second["tables"][name]["content_digest"] != first["tables"][name]["content_digest"]

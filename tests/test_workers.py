@@ -49,3 +49,36 @@ def test_forkserver_imports_the_declared_modules_while_the_model_loads(tmp_path,
     out = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"seen": True, "other_process": True, "written": 3}
+
+
+STOP = """
+import json, os, sys
+from featurestore.workers import _server_pid, start_worker_server, stop_worker_server
+from featurestore import FeatureStore
+from featurestore.errors import WeightsNotFoundError
+
+if __name__ == "__main__":
+    model, images, store = sys.argv[1:4]
+    fs = FeatureStore(store)
+    try:
+        fs.extract([images], backbone="hf:acme/not-cached", workers=2)  # the hub is a closed port
+    except WeightsNotFoundError:
+        failed = True
+    after_failure = _server_pid()
+    s = fs.extract([images], backbone="hf:" + model, workers=2)  # a new server, and workers from it
+    print(json.dumps({"failed": failed, "server_after_failure": after_failure, "written": s.written}))
+"""
+
+
+def test_a_failed_model_load_stops_the_early_server_and_the_next_run_starts_another(tmp_path, tiny_dinov2):
+    """A forkserver left importing after a failure would hold the caller's stdout/stderr open."""
+    from featurestore.testing import closed_port_url, hub_env
+
+    write_images(tmp_path / "img", 2)
+    script = tmp_path / "run.py"
+    script.write_text(STOP)
+    env = hub_env(tmp_path / "hf-cache", closed_port_url())
+    out = subprocess.run([sys.executable, str(script), str(tiny_dinov2), str(tmp_path / "img"), str(tmp_path / "s")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"failed": True, "server_after_failure": None, "written": 2}
