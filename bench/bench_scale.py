@@ -125,11 +125,13 @@ def prefill(root: Path, size: int, dense: bool) -> Path:
     store = Store(path)
     table = store.register_model(card(dense))
     rng = np.random.default_rng(size)
-    step = 2_000 if dense else 100_000
+    step = 1_000 if dense else 50_000
     t = time.perf_counter()
-    for lo in range(0, size, step):
-        table.add(batch(table.schema, lo, min(size, lo + step), dense, rng))
     if size:
+        # one streamed add: LanceDB cuts it into files of ~1M rows (no compaction needed), then
+        # optimize builds the id index over them
+        gen = (batch(table.schema, lo, min(size, lo + step), dense, rng).to_batches()[0] for lo in range(0, size, step))
+        table.add(pa.RecordBatchReader.from_batches(table.schema, gen))
         optimize(table)
     log(f"pre-filled {path.name}: {size} rows in {time.perf_counter() - t:.0f} s")
     done.write_text(str(size))
@@ -174,6 +176,7 @@ def measure(path: Path, size: int, rows: int, lookup_rows: int, bsz: int, dense:
     dt = time.perf_counter() - t
     out["sustained"] = {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "producer_only_s": produce_s, "commits": w.commits,
                         "compactions": sum(optimized), "inserted": w.inserted, "load": os.getloadavg()}
+    out["sustained"]["peak_rss_mib"] = vm_kib("VmHWM") / 1024
     log(f"size {size}: sustained {rows / dt:,.0f} rows/s ({w.commits} commits, {sum(optimized)} compactions; producer alone {produce_s:.1f} s of {dt:.1f} s)")
 
     if lookup_rows:
@@ -183,7 +186,8 @@ def measure(path: Path, size: int, rows: int, lookup_rows: int, bsz: int, dense:
             w.put(p)  # absent_at unknown: every commit looks its ids up by index
         w.close()
         dt = time.perf_counter() - t
-        out["lookup_path"] = {"rows": lookup_rows, "seconds": dt, "rows_per_s": lookup_rows / dt, "commits": w.commits, "load": os.getloadavg()}
+        out["lookup_path"] = {"rows": lookup_rows, "seconds": dt, "rows_per_s": lookup_rows / dt, "commits": w.commits, "load": os.getloadavg(),
+                              "peak_rss_mib": vm_kib("VmHWM") / 1024}
         log(f"size {size}: with lookups {lookup_rows / dt:,.0f} rows/s")
 
     c = Committer(store.db.open_table(name))
@@ -214,6 +218,7 @@ def measure(path: Path, size: int, rows: int, lookup_rows: int, bsz: int, dense:
         check.check(probe)
         lat.append(time.perf_counter() - t)
     out["worker_check_ms"] = {"ids": bsz, "median": 1e3 * statistics.median(lat), "max": 1e3 * max(lat)}
+    out["commit_ms"]["peak_rss_mib"] = vm_kib("VmHWM") / 1024  # after the per-commit and check phases
     out["peak_rss_mib"] = vm_kib("VmHWM") / 1024  # high-water mark of this process (reset by exec)
     out["rss_start_mib"] = rss0 / 1024
 
@@ -253,6 +258,7 @@ def main() -> None:
     ap.add_argument("--lookup-rows", type=int, default=50_000, help="rows written with a lookup per commit (0: skip)")
     ap.add_argument("--batch", type=int, default=32, help="rows per put (a forward batch)")
     ap.add_argument("--dense", action="store_true", help="256x384 float16 patch tokens per row too")
+    ap.add_argument("--in-place-from", type=int, default=5_000_000, help="measure tables this big in place, not on a copy")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -267,9 +273,13 @@ def main() -> None:
     results = []
     for size in [int(s) for s in args.sizes.split(",")]:
         path = prefill(args.dir, size, args.dense)
-        work = args.dir / f"run-{path.name}"  # measure on a copy: the pre-fill stays reusable
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(path, work)
+        if size >= args.in_place_from:
+            work = path  # too big to copy: measured in place, pre-filled again next time
+            (path / "PREFILLED").unlink()
+        else:
+            work = args.dir / f"run-{path.name}"  # measure on a copy: the pre-fill stays reusable
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(path, work)
         cmd = [sys.executable, __file__, "--child", f"{work}:{size}", "--rows", str(args.rows), "--lookup-rows",
                str(args.lookup_rows), "--batch", str(args.batch)] + (["--dense"] if args.dense else [])
         res = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)

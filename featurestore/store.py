@@ -371,6 +371,8 @@ class Store:
     def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
         if ERRORS_TABLE not in self.table_names():
             return []
-        rows = self.db.open_table(ERRORS_TABLE).to_arrow().sort_by("created_at").to_pylist()
-        return [r for r in rows if run_id is None or r["run_id"] == run_id]
+        q = self.db.open_table(ERRORS_TABLE).search()
+        if run_id is not None:  # filtered by LanceDB: only that run's rows are read into Python
+            q = q.where("run_id = '" + run_id.replace("'", "''") + "'")
+        return q.limit(None).to_arrow().sort_by("created_at").to_pylist()
 

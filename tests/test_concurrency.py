@@ -125,3 +125,41 @@ def test_concurrent_extract_runs(tiny_dinov2, tmp_path):
         assert sum(s["written"] for s in summaries) == len(rows) - before
         before = len(rows)
     assert len(Store(store_path).cards()) == 1
+
+
+def _apply(store_path: str, adapter: str, barrier, out) -> None:
+    try:
+        from featurestore import FeatureStore
+
+        barrier.wait(120)
+        out.put(FeatureStore(store_path).apply_adapter(adapter).written)
+    except BaseException as exc:  # the parent asserts on what comes back
+        out.put(repr(exc))
+
+
+def test_concurrent_adapter_applies_write_each_row_once(tmp_path):
+    from featurestore import FeatureStore
+
+    store_path = tmp_path / "s"
+    table = Store(store_path).register_model(_card())
+    rng = np.random.default_rng(0)
+    ids = _ids(0, 600)
+    for i in range(0, 600, 200):
+        chunk = ids[i : i + 200]
+        Store.write_features(table, feature_batch(
+            table.schema, ids=chunk, uris=chunk, sizes=[(1, 1)] * 200, crop_boxes=np.zeros((200, 4)),
+            cls=rng.standard_normal((200, 4)).astype(np.float32), patches=None, grids=None, run_id="r",
+        ))
+    card = FeatureStore(store_path).fit_adapter(_card().table, "project:dim=2")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_apply, args=(str(store_path), card.adapter_hash, barrier, out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    written = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert all(isinstance(w, int) for w in written), written
+    rows = _rows(store_path, card.table)
+    assert [i for i, n in Counter(rows).items() if n > 1] == [] and set(rows) == set(ids)
+    assert sum(written) == 600
