@@ -24,7 +24,7 @@ from featurestore.cli import main as cli_main
 from featurestore.config import ModelCard, TokenLayout
 from featurestore.errors import ConfigError, UnknownModelError
 from featurestore.loader import worker_context
-from featurestore.readers import FeatureDataset, tag_version
+from featurestore.readers import FeatureDataset, table_versions, tag_version
 from featurestore.store import Store, feature_batch, table_name_for
 from featurestore.testing import write_images
 
@@ -209,15 +209,18 @@ def test_model_pinning_by_hash_and_backbone_plus_prefix(synth):
 
 def test_version_and_tag_pinning(tmp_path):
     path = tmp_path / "s"
-    src = _synthetic(path, n=80, batch=40)  # versions: 1 empty, 2 = 40 rows, 3 = 80 rows
-    assert tag_version(path, "toy", "first", 2) == 2
+    src = _synthetic(path, n=80, batch=40)  # the empty table (and its indices), then 40 rows, then 80
+    rows = {v["version"]: v["rows"] for v in table_versions(path, "toy")["versions"]}
+    v40, v80 = min(v for v, n in rows.items() if n == 40), max(rows)
+    assert rows[v80] == 80
+    assert tag_version(path, "toy", "first", v40) == v40
     old = FeatureDataset(path, "toy", version="first")
-    assert (old.version, old.tag, len(old)) == (2, "first", 40)
-    assert len(FeatureDataset(path, "toy", version=3)) == 80 and FeatureDataset(path, "toy").version == 3
+    assert (old.version, old.tag, len(old)) == (v40, "first", 40)
+    assert len(FeatureDataset(path, "toy", version=v80)) == 80 and FeatureDataset(path, "toy").version == v80
     np.testing.assert_array_equal(old.to_numpy()["cls"], src["cls"][:40])
-    with pytest.raises(ConfigError, match=r"no version 9 \(it has 1..3"):
-        FeatureDataset(path, "toy", version=9)
-    with pytest.raises(ConfigError, match=r"no tag 'nope' \(tags: first \(v2\)\)"):
+    with pytest.raises(ConfigError, match=rf"no version 99 \(it has 1..{v80}"):
+        FeatureDataset(path, "toy", version=99)
+    with pytest.raises(ConfigError, match=rf"no tag 'nope' \(tags: first \(v{v40}\)\)"):
         FeatureDataset(path, "toy", version="nope")
     with pytest.raises(ConfigError, match="already has a tag 'first'"):
         tag_version(path, "toy", "first")
@@ -341,18 +344,20 @@ def test_exports_round_trip(synth, tmp_path):
 
 def test_cli_export_and_versions(synth, tmp_path, capsys):
     path, src = synth
-    assert cli_main(["tag", "v-img", "--store", str(path), "--model", "toy", "--version", "3"]) == 0
+    v80 = next(v["version"] for v in table_versions(path, "toy")["versions"] if v["rows"] == 80)  # the first 80 rows
+    assert cli_main(["tag", "v-img", "--store", str(path), "--model", "toy", "--version", str(v80)]) == 0
     capsys.readouterr()
     assert cli_main(["versions", "--store", str(path), "--model", "toy", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["tags"] == {"v-img": 3} and [v["rows"] for v in info["versions"]] == [0, 40, 80, 120]
+    # the empty table (and the commits adding its indices), then 40, 80, 120 rows
+    assert info["tags"] == {"v-img": v80} and sorted({v["rows"] for v in info["versions"]}) == [0, 40, 80, 120]
     args = ["export", "-s", str(path), "-m", "toy", "-o", str(tmp_path / "e.npy"), "--where", "video_id IS NULL", "--version", "v-img"]
     assert cli_main([*args, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["rows"], summary["version"], summary["format"]) == (60, 3, "npy")  # v3 = the first 80 rows
+    assert (summary["rows"], summary["version"], summary["format"]) == (60, v80, "npy")
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), src["cls"][:80][src["video"][:80] == None])
-    assert cli_main([*args[:-1], "7"]) == 2
-    assert "has no version 7" in capsys.readouterr().err
+    assert cli_main([*args[:-1], "99"]) == 2
+    assert "has no version 99" in capsys.readouterr().err
     assert cli_main(["export", "-s", str(path), "-m", "toy", "-o", str(tmp_path / "e.parquet"), "--expect-hash", "ffffff"]) == 2
     assert "not the expected ffffff" in capsys.readouterr().err
     assert cli_main(["export", "-s", str(path), "-m", "toy", "-o", str(tmp_path / "e.parquet"), "--columns", "cls,uri"]) == 0
