@@ -242,7 +242,7 @@ def fit_adapter(
         schema=ADAPTERS_SCHEMA,
     )
     tbl = store._open_or_create(ADAPTERS_TABLE, ADAPTERS_SCHEMA)
-    Committer(tbl, key="adapter_hash", policy=MaintainPolicy(enabled=False)).commit(row)  # under the table's lock
+    Committer(tbl, key="adapter_hash", policy=MaintainPolicy(enabled=False), index=False).commit(row)  # under the table's lock
     return adapter_card(store, ahash)  # the stored card (an earlier identical fit keeps its date)
 
 

@@ -320,7 +320,7 @@ def _register(store: Store, name: str, card: ModelCard, agg: Aggregator, spec_ha
         schema=CATALOG_SCHEMA,
     )
     catalog = store._open_or_create(CLIPS_CATALOG, CATALOG_SCHEMA)
-    Committer(catalog, key="table", policy=MaintainPolicy(enabled=False)).commit(row)  # one row, also when two runs race
+    Committer(catalog, key="table", policy=MaintainPolicy(enabled=False), index=False).commit(row)  # one row, also when two runs race
 
 
 def clip_tables(store: Store) -> list[dict[str, Any]]:

@@ -161,10 +161,11 @@ class Committer:
     """Commits groups of rows to one table, inserting only keys not stored yet.
 
     Thread-safe (one commit at a time per process and, through the lock file, per
-    machine). ``key=None`` makes it a plain appender (the ``errors`` log).
+    machine). ``key=None`` makes it a plain appender (the ``errors`` log); ``index=False``
+    leaves the key without a BTREE index (catalog tables of a few rows).
     """
 
-    def __init__(self, table: Any, *, key: str | None = "id", policy: MaintainPolicy | None = None):
+    def __init__(self, table: Any, *, key: str | None = "id", policy: MaintainPolicy | None = None, index: bool = True):
         self.table = table  # a handle of its own: this committer moves it to the latest version
         self.name = str(table.name)
         self.store_path = table_store_path(table)
@@ -177,7 +178,7 @@ class Committer:
         self._recent_keys = 0
         self._evicted_max = -1  # own commits up to this version are no longer remembered
         self._since_check = 0
-        self._indexed = False
+        self._indexed = not index  # catalogs (a few rows) need no index
         self._probe: Any = None  # a second handle, for reading the row count of other versions
         self._maint_thread: threading.Thread | None = None
         self.optimizations = 0  # compactions this committer ran

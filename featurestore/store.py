@@ -282,7 +282,7 @@ class Store:
             schema=MODELS_SCHEMA,
         )
         # two first runs of one model at once: the lock makes it one `models` row
-        Committer(models, key="model_hash", policy=MaintainPolicy(enabled=False)).commit(row)
+        Committer(models, key="model_hash", policy=MaintainPolicy(enabled=False), index=False).commit(row)
         # read back after the insert: whichever card won (an earlier run's, or a concurrent one's) names the table
         key = card.model_hash.replace("'", "''")
         got = models.search().where(f"model_hash = '{key}'").select(["table"]).limit(1).to_arrow()
