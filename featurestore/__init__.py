@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from featurestore.hookspecs import hookimpl  # noqa: E402
+from featurestore.hookspecs import hookimpl
 
 __all__ = ["__version__", "hookimpl", "FeatureStore", "FeatureDataset", "create_backbone", "list_backbones", "errors"]
 
 
-def __getattr__(name: str):  # heavy imports (torch, lancedb) only when used
+def __getattr__(name: str):  # heavy imports (torch, lancedb, importlib.metadata) only when used
+    if name == "__version__":  # one source: pyproject.toml, through the installed metadata
+        from pathlib import Path
+
+        from featurestore.distinfo import dist_version
+
+        globals()["__version__"] = version = dist_version("featurestore", Path(__file__).parent)
+        return version
     if name in ("FeatureStore", "create_backbone", "list_backbones"):
         from featurestore import api
 

@@ -7,3 +7,16 @@ declared and checked in :mod:`featurestore_adapters.params`; the arithmetic is i
 :mod:`~featurestore_adapters.kmeans`) and :mod:`~featurestore_adapters.linear`. Nothing is
 imported here, so loading the entry point stays cheap.
 """
+
+from __future__ import annotations
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":  # one source: this plugin's pyproject.toml, through the installed metadata
+        from pathlib import Path
+
+        from featurestore.distinfo import dist_version
+
+        globals()["__version__"] = version = dist_version("featurestore-adapters", Path(__file__).parent)
+        return version
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

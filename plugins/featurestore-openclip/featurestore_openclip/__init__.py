@@ -1,1 +1,14 @@
 """featurestore backbones from open_clip (CLIP, SigLIP, hub models), with their text towers."""
+
+from __future__ import annotations
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":  # one source: this plugin's pyproject.toml, through the installed metadata
+        from pathlib import Path
+
+        from featurestore.distinfo import dist_version
+
+        globals()["__version__"] = version = dist_version("featurestore-openclip", Path(__file__).parent)
+        return version
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
