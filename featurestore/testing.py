@@ -1,6 +1,16 @@
-"""pytest plugin (entry point ``pytest11``): fixtures for featurestore and its plugins' tests.
+"""Helpers and opt-in pytest fixtures for the tests of featurestore and of its plugins.
 
-Images are real files written by Pillow; stores are real LanceDB directories.
+Images are real files written by Pillow; stores are real LanceDB directories. Importing
+this module adds nothing to anyone's test run: a test suite opts in to the fixtures in its
+top-level ``conftest.py``::
+
+    pytest_plugins = ["featurestore.testing"]
+
+and gets ``fs_image_dir``, ``fs_store_path`` and ``fs_silent_hub`` (the first-party plugins'
+``<plugin>.testing`` modules add tiny models the same way, e.g. ``fs_tiny_dinov2``). While
+opted in, the catalog cache of every command the tests run is kept in a temporary
+directory. The unprefixed names of earlier versions (``image_dir`` …) still work for one
+release, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
@@ -9,8 +19,10 @@ import os
 import socket
 import ssl
 import threading
+import warnings
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,7 +104,7 @@ class LoopbackHub:
 
 
 @pytest.fixture
-def silent_hub():
+def fs_silent_hub():
     """A :class:`LoopbackHub` that accepts connections and never answers."""
     hub = LoopbackHub()
     yield hub
@@ -188,7 +200,7 @@ def write_images(directory: Path, n: int, *, size: tuple[int, int] = (64, 48), f
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _catalog_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+def _fs_catalog_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
     """The catalog commands' answers (featurestore.catalog_cache) go to a temporary directory,
     not the user's cache, for the whole test session (subprocesses included)."""
     with pytest.MonkeyPatch.context() as mp:
@@ -197,7 +209,7 @@ def _catalog_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def image_dir(tmp_path: Path) -> Path:
+def fs_image_dir(tmp_path: Path) -> Path:
     """A directory of 7 distinct JPEGs (and 1 PNG in a subdirectory)."""
     d = tmp_path / "images"
     write_images(d, 7)
@@ -206,9 +218,35 @@ def image_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
+def fs_store_path(tmp_path: Path) -> Path:
     """Path for a fresh LanceDB store directory."""
     return tmp_path / "store.lance"
+
+
+def deprecated_fixture_alias(old: str, new: str, *, scope: str = "function") -> Any:
+    """A fixture named ``old`` that gives fixture ``new``'s value and a ``DeprecationWarning``.
+
+    Keeps a renamed fixture working for one release. ``scope`` must be ``new``'s scope, so
+    fixtures of that scope can still request the old name.
+    """
+
+    @pytest.fixture(name=old, scope=scope)
+    def alias(request: pytest.FixtureRequest) -> Any:
+        warnings.warn(
+            f"the pytest fixture {old!r} is deprecated and will be removed in the release after 0.1.0; use {new!r}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return request.getfixturevalue(new)
+
+    alias.__doc__ = f"Deprecated: use ``{new}``."
+    return alias
+
+
+# the names before the fs_ prefix, for one release
+_silent_hub = deprecated_fixture_alias("silent_hub", "fs_silent_hub")
+_image_dir = deprecated_fixture_alias("image_dir", "fs_image_dir")
+_store_path = deprecated_fixture_alias("store_path", "fs_store_path")
 
 
 # --- video --------------------------------------------------------------------------

@@ -327,13 +327,13 @@ def test_cli_adapters_fit_apply_list_models(store, capsys):
 # -- on the fly during extraction --------------------------------------------------------
 
 
-def test_extract_with_adapter_writes_raw_and_adapted_rows(tiny_dinov2, tmp_path):
+def test_extract_with_adapter_writes_raw_and_adapted_rows(fs_tiny_dinov2, tmp_path):
     write_images(tmp_path / "a", 6, seed=0)
     write_images(tmp_path / "b", 5, seed=100)
     fs = FeatureStore(tmp_path / "store")
-    first = fs.extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", dense=True, workers=0, batch_size=4)
+    first = fs.extract([tmp_path / "a"], backbone=f"hf:{fs_tiny_dinov2}", dense=True, workers=0, batch_size=4)
     card = fs.fit_adapter(first.model_hash, "project:dim=3")
-    second = fs.extract([tmp_path / "a", tmp_path / "b"], backbone=f"hf:{tiny_dinov2}", dense=True, workers=0, batch_size=4, adapters=[card.adapter_hash[:8]])
+    second = fs.extract([tmp_path / "a", tmp_path / "b"], backbone=f"hf:{fs_tiny_dinov2}", dense=True, workers=0, batch_size=4, adapters=[card.adapter_hash[:8]])
     assert second.written == 5 and second.skipped_existing == 6
     assert second.adapted_tables == {card.table: 11}  # 5 new rows as they were written + the 6 stored before
     base = _stored(tmp_path / "store", first.table)
@@ -343,9 +343,9 @@ def test_extract_with_adapter_writes_raw_and_adapted_rows(tiny_dinov2, tmp_path)
     for i in got:
         np.testing.assert_array_equal(got[i], adapter.transform(base[i][None])[0])
     # another model's adapter is refused before any image is read
-    other = fs.extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", workers=0)  # not dense: another hash
+    other = fs.extract([tmp_path / "a"], backbone=f"hf:{fs_tiny_dinov2}", workers=0)  # not dense: another hash
     with pytest.raises(ConfigError, match="fitted on model"):
-        fs.extract([tmp_path / "b"], backbone=f"hf:{tiny_dinov2}", workers=0, adapters=[card.adapter_hash])
+        fs.extract([tmp_path / "b"], backbone=f"hf:{fs_tiny_dinov2}", workers=0, adapters=[card.adapter_hash])
     assert fs.models()[[m["table"] for m in fs.models()].index(other.table)]["rows"] == 6
     # a query image is encoded by the base model, then adapted
     img = sorted((tmp_path / "b").iterdir())[0]

@@ -21,10 +21,10 @@ HEAVY = (*MODEL_LIBRARIES, "lancedb", "pyarrow")
 
 
 @pytest.fixture
-def store(tmp_path, tiny_dinov2):
+def store(tmp_path, fs_tiny_dinov2):
     write_images(tmp_path / "a", 3)
     fs = FeatureStore(tmp_path / "store.lance")
-    s = fs.extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", workers=0)
+    s = fs.extract([tmp_path / "a"], backbone=f"hf:{fs_tiny_dinov2}", workers=0)
     return tmp_path / "store.lance", s.table
 
 
@@ -71,13 +71,13 @@ def test_cached_answers_print_what_lancedb_gives(store, capsys, monkeypatch):
         assert miss == hit == _uncached(capsys, monkeypatch, *args, "-s", path), args
 
 
-def test_every_kind_of_change_is_seen(store, tmp_path, tiny_dinov2, tiny_model_factory, capsys, monkeypatch):
+def test_every_kind_of_change_is_seen(store, tmp_path, fs_tiny_dinov2, fs_tiny_model_factory, capsys, monkeypatch):
     path, table = store
     fs = FeatureStore(path)
     assert _json(capsys, "models", "-s", path)[0]["rows"] == 3
     # more rows in the same table (a new version)
     write_images(tmp_path / "b", 2, seed=50)
-    fs.extract([tmp_path / "b"], backbone=f"hf:{tiny_dinov2}", workers=0, tag="second")
+    fs.extract([tmp_path / "b"], backbone=f"hf:{fs_tiny_dinov2}", workers=0, tag="second")
     assert _json(capsys, "models", "-s", path)[0]["rows"] == 5
     # a tag alone (no new version), through the Python API
     assert "manual" not in _json(capsys, "versions", "-m", table, "-s", path)["tags"]
@@ -86,11 +86,11 @@ def test_every_kind_of_change_is_seen(store, tmp_path, tiny_dinov2, tiny_model_f
     # error rows (the errors table is created)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "broken.jpg").write_bytes(b"not an image")
-    fs.extract([tmp_path / "c"], backbone=f"hf:{tiny_dinov2}", workers=0)
+    fs.extract([tmp_path / "c"], backbone=f"hf:{fs_tiny_dinov2}", workers=0)
     errors = _json(capsys, "errors", "-s", path)
     assert [e["uri"].rsplit("/", 1)[1] for e in errors] == ["broken.jpg"]
     # another model: a new table
-    fs.extract([tmp_path / "a"], backbone=f"hf:{tiny_model_factory('vit')}", workers=0)
+    fs.extract([tmp_path / "a"], backbone=f"hf:{fs_tiny_model_factory('vit')}", workers=0)
     assert len(_json(capsys, "models", "-s", path)) == 2
     # old versions cleaned up: manifests removed
     assert main(["cleanup", "-s", str(path), "--older-than", "0"]) == 0
@@ -142,10 +142,10 @@ def test_errors_are_not_cached(store):
     assert calls == [1, 1]
 
 
-def test_extract_leaves_models_and_errors_answered(tmp_path, tiny_dinov2):
+def test_extract_leaves_models_and_errors_answered(tmp_path, fs_tiny_dinov2):
     write_images(tmp_path / "a", 2)
     path = tmp_path / "store.lance"
-    got, err = run_cli_fresh(["extract", tmp_path / "a", "-b", f"hf:{tiny_dinov2}", "-s", path, "--workers", "0"], watch=HEAVY)
+    got, err = run_cli_fresh(["extract", tmp_path / "a", "-b", f"hf:{fs_tiny_dinov2}", "-s", path, "--workers", "0"], watch=HEAVY)
     assert got["rc"] == 0, err
     for args in (["models"], ["errors"]):
         again, err = run_cli_fresh([*args, "-s", path, "--json"], watch=HEAVY)
@@ -153,18 +153,18 @@ def test_extract_leaves_models_and_errors_answered(tmp_path, tiny_dinov2):
     assert json.loads(again["stdout"]) == [] and json.loads(run_cli_fresh(["models", "-s", path, "--json"])[0]["stdout"])[0]["rows"] == 2
 
 
-def test_a_store_written_again_from_scratch_is_not_taken_for_the_old_one(tmp_path, tiny_dinov2, capsys):
+def test_a_store_written_again_from_scratch_is_not_taken_for_the_old_one(tmp_path, fs_tiny_dinov2, capsys):
     """As a DVC stage does: delete the store, write it again with as many commits, other content."""
     import shutil
 
     path = tmp_path / "store.lance"
     write_images(tmp_path / "a", 3)
-    FeatureStore(path).extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", workers=0, tag_run=False)
+    FeatureStore(path).extract([tmp_path / "a"], backbone=f"hf:{fs_tiny_dinov2}", workers=0, tag_run=False)
     first = _json(capsys, "manifest", "-s", path)
     shutil.rmtree(path)
     shutil.rmtree(tmp_path / "a")
     write_images(tmp_path / "a", 3, seed=7)  # the same number of images, other pixels
-    FeatureStore(path).extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", workers=0, tag_run=False)
+    FeatureStore(path).extract([tmp_path / "a"], backbone=f"hf:{fs_tiny_dinov2}", workers=0, tag_run=False)
     second = _json(capsys, "manifest", "-s", path)
     (name,) = [t for t, v in second["tables"].items() if v["kind"] == "features"]
     assert second["tables"][name]["content_digest"] != first["tables"][name]["content_digest"]

@@ -34,10 +34,10 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
 # -- --layers -4,-3,-2,-1 ------------------------------------------------------------------
 
 
-def test_layers_take_the_documented_negative_form(tiny_dinov2, tmp_path, capsys):
+def test_layers_take_the_documented_negative_form(fs_tiny_dinov2, tmp_path, capsys):
     write_images(tmp_path / "img", 3)
     store = tmp_path / "s"
-    base = ["extract", tmp_path / "img", "-b", f"hf:{tiny_dinov2}", "-s", store, "--workers", "0", "--json"]
+    base = ["extract", tmp_path / "img", "-b", f"hf:{fs_tiny_dinov2}", "-s", store, "--workers", "0", "--json"]
     tables = set()
     for layers in (["--layers", "-2,-1"], ["--layers=-2,-1"], ["--layers", "last2"], ["--layers", "0,1"]):
         rc, out, err = _cli(capsys, *base, *layers)
@@ -61,12 +61,12 @@ def test_layers_take_the_documented_negative_form(tiny_dinov2, tmp_path, capsys)
 # -- rich markup: ours renders, data stays literal --------------------------------------------
 
 
-def test_error_lines_render_our_style_and_print_data_verbatim(tiny_dinov2, tmp_path, capsys):
+def test_error_lines_render_our_style_and_print_data_verbatim(fs_tiny_dinov2, tmp_path, capsys):
     d = tmp_path / "mixed"
     write_images(d, 1)
     bad = d / "[b]broken.jpg"
     bad.write_bytes(b"garbage")
-    rc, out, _ = _cli(capsys, "extract", d, "-b", f"hf:{tiny_dinov2}", "-s", tmp_path / "s", "--workers", "0")
+    rc, out, _ = _cli(capsys, "extract", d, "-b", f"hf:{fs_tiny_dinov2}", "-s", tmp_path / "s", "--workers", "0")
     assert rc == 0
     assert "[red]" not in out and "[/]" not in out
     line = next(ln for ln in out.splitlines() if "broken.jpg" in ln)
@@ -76,10 +76,10 @@ def test_error_lines_render_our_style_and_print_data_verbatim(tiny_dinov2, tmp_p
 # -- library noise: hidden unless -v -------------------------------------------------------------
 
 
-def test_library_warnings_are_hidden_unless_verbose(tiny_dinov2, tmp_path):
+def test_library_warnings_are_hidden_unless_verbose(fs_tiny_dinov2, tmp_path):
     write_images(tmp_path / "img", 4)
     store = tmp_path / "s"
-    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0).table
+    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{fs_tiny_dinov2}", workers=0).table
     # cluster creates its centroids table: LanceDB's Rust side logs a WARN line for that
     quiet = _run([FEATURESTORE, "cluster", "-s", str(store), "-m", table, "-k", "2"])
     assert quiet.returncode == 0, quiet.stderr
@@ -122,10 +122,10 @@ def test_python_dash_m_featurestore():
 # -- verify over nothing -------------------------------------------------------------------------
 
 
-def test_verify_that_checked_nothing_fails_and_reports_no_figures(tiny_dinov2, tmp_path, capsys):
+def test_verify_that_checked_nothing_fails_and_reports_no_figures(fs_tiny_dinov2, tmp_path, capsys):
     paths = write_images(tmp_path / "img", 3)
     store = tmp_path / "s"
-    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0).table
+    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{fs_tiny_dinov2}", workers=0).table
     for p in paths:
         p.unlink()
     rc, out, _ = _cli(capsys, "verify", "-s", store, "-m", table, "--json")
@@ -138,7 +138,7 @@ def test_verify_that_checked_nothing_fails_and_reports_no_figures(tiny_dinov2, t
     # a table without rows (every input failed) checks nothing either
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jpg").write_bytes(b"garbage")
-    empty = FeatureStore(tmp_path / "e").extract([tmp_path / "bad"], backbone=f"hf:{tiny_dinov2}", workers=0)
+    empty = FeatureStore(tmp_path / "e").extract([tmp_path / "bad"], backbone=f"hf:{fs_tiny_dinov2}", workers=0)
     assert empty.written == 0
     rc, out, _ = _cli(capsys, "verify", "-s", tmp_path / "e", "-m", empty.table, "--json")
     rep = json.loads(out)
@@ -148,7 +148,7 @@ def test_verify_that_checked_nothing_fails_and_reports_no_figures(tiny_dinov2, t
 # -- export --labels joins as probe does -----------------------------------------------------------
 
 
-def test_export_labels_pick_the_join_key_as_probe_does(tiny_dinov2, tmp_path, capsys):
+def test_export_labels_pick_the_join_key_as_probe_does(fs_tiny_dinov2, tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -157,7 +157,7 @@ def test_export_labels_pick_the_join_key_as_probe_does(tiny_dinov2, tmp_path, ca
 
     write_images(tmp_path / "img", 4)
     store = tmp_path / "s"
-    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0).table
+    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{fs_tiny_dinov2}", workers=0).table
     rows = FeatureDataset(store, table, columns=["uri"]).to_numpy(["uri"])
     ids, uris = list(rows["id"]), list(rows["uri"])
     names = ["007", "b", "007", "b"]  # a label that looks like a number stays text in a CSV
@@ -179,13 +179,13 @@ def test_export_labels_pick_the_join_key_as_probe_does(tiny_dinov2, tmp_path, ca
 # -- --tag reads a tag; `featurestore tag` writes one -------------------------------------------------
 
 
-def test_versions_tag_shows_a_tagged_version_and_never_writes_one(tiny_dinov2, tmp_path, capsys):
+def test_versions_tag_shows_a_tagged_version_and_never_writes_one(fs_tiny_dinov2, tmp_path, capsys):
     write_images(tmp_path / "a", 2)
     write_images(tmp_path / "b", 2, seed=40)
     store = tmp_path / "s"
     fs = FeatureStore(store)
-    first = fs.extract([tmp_path / "a"], backbone=f"hf:{tiny_dinov2}", workers=0, tag="first")
-    fs.extract([tmp_path / "b"], backbone=f"hf:{tiny_dinov2}", workers=0, tag_run=False)
+    first = fs.extract([tmp_path / "a"], backbone=f"hf:{fs_tiny_dinov2}", workers=0, tag="first")
+    fs.extract([tmp_path / "b"], backbone=f"hf:{fs_tiny_dinov2}", workers=0, tag_run=False)
     rc, out, _ = _cli(capsys, "versions", "-s", store, "-m", first.table, "--tag", "first", "--json")
     info = json.loads(out)
     assert rc == 0 and info["selected"] == {"version": first.version, "tag": "first"}
@@ -208,10 +208,10 @@ def test_versions_tag_shows_a_tagged_version_and_never_writes_one(tiny_dinov2, t
 # -- --id prefixes --------------------------------------------------------------------------------
 
 
-def test_id_prefix_below_the_minimum_says_so(tiny_dinov2, tmp_path, capsys):
+def test_id_prefix_below_the_minimum_says_so(fs_tiny_dinov2, tmp_path, capsys):
     write_images(tmp_path / "img", 3)
     store = tmp_path / "s"
-    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0).table
+    table = FeatureStore(store).extract([tmp_path / "img"], backbone=f"hf:{fs_tiny_dinov2}", workers=0).table
     from featurestore.readers import FeatureDataset
 
     row = FeatureDataset(store, table).ids[0]

@@ -156,12 +156,12 @@ def test_cluster_errors(tmp_path, capsys):
 
 
 @pytest.fixture
-def clustered_real(tiny_dinov2, tmp_path, capsys):
+def clustered_real(fs_tiny_dinov2, tmp_path, capsys):
     """8 images extracted with the tiny DINOv2, then clustered with k=3 through the CLI."""
     d = tmp_path / "img"
     write_images(d, 8, seed=0)
     fs = FeatureStore(tmp_path / "store")
-    s = fs.extract([d], backbone=f"hf:{tiny_dinov2}", workers=0)
+    s = fs.extract([d], backbone=f"hf:{fs_tiny_dinov2}", workers=0)
     assert main(["cluster", "-s", fs.path, "-m", s.table, "--k", "3"]) == 0
     return fs, s.table, capsys.readouterr().out
 
@@ -174,9 +174,9 @@ def test_cluster_a_real_extraction(clustered_real):
     assert fs.models()[0]["rows"] == 8 and len(fs.models()) == 1  # the centroid table is no model of its own
 
 
-def test_extract_into_a_clustered_table(tiny_dinov2, clustered_real, tmp_path):
+def test_extract_into_a_clustered_table(fs_tiny_dinov2, clustered_real, tmp_path):
     fs, table, _ = clustered_real
-    more = fs.extract(write_images(tmp_path / "more", 2, seed=90), backbone=f"hf:{tiny_dinov2}", workers=0)
+    more = fs.extract(write_images(tmp_path / "more", 2, seed=90), backbone=f"hf:{fs_tiny_dinov2}", workers=0)
     assert more.written == 2 and more.table == table, more.error_samples
     rows = fs.table(table).to_arrow().to_pylist()
     assert sum(r["cluster_k3"] is None for r in rows) == 2 and len(rows) == 10

@@ -13,10 +13,10 @@ from featurestore import FeatureStore
 from featurestore.testing import write_images
 
 
-def _extract(store_path, paths, model_dir, **kw):
+def _extract(fs_store_path, paths, model_dir, **kw):
     kw.setdefault("workers", 0)
     kw.setdefault("batch_size", 4)
-    return FeatureStore(store_path).extract(paths, backbone=f"hf:{model_dir}", **kw)
+    return FeatureStore(fs_store_path).extract(paths, backbone=f"hf:{model_dir}", **kw)
 
 
 def _bomb_png(path: Path, width: int = 40000, height: int = 40000) -> None:
@@ -30,10 +30,10 @@ def _bomb_png(path: Path, width: int = 40000, height: int = 40000) -> None:
     path.write_bytes(bytes(data) + bytes(buf))
 
 
-def test_extract_writes_one_row_per_image_with_card(tiny_dinov2, image_dir, store_path):
-    s = _extract(store_path, [image_dir], tiny_dinov2, dense=True)
+def test_extract_writes_one_row_per_image_with_card(fs_tiny_dinov2, fs_image_dir, fs_store_path):
+    s = _extract(fs_store_path, [fs_image_dir], fs_tiny_dinov2, dense=True)
     assert (s.inputs, s.written, s.errors, s.ok) == (8, 8, 0, True)
-    fs = FeatureStore(store_path)
+    fs = FeatureStore(fs_store_path)
     [m] = fs.models()
     assert (m["model_hash"], m["table"], m["rows"], m["dim"]) == (s.model_hash, s.table, 8, 32)
     rows = fs.table(s.table).to_arrow().to_pylist()
@@ -48,29 +48,29 @@ def test_extract_writes_one_row_per_image_with_card(tiny_dinov2, image_dir, stor
     assert card.token_layout.grid_h == 2 and card.library_versions["transformers"]
 
 
-def test_rerun_adds_nothing_and_same_content_is_one_row(tiny_dinov2, image_dir, store_path, tmp_path):
-    first = _extract(store_path, [image_dir], tiny_dinov2)
+def test_rerun_adds_nothing_and_same_content_is_one_row(fs_tiny_dinov2, fs_image_dir, fs_store_path, tmp_path):
+    first = _extract(fs_store_path, [fs_image_dir], fs_tiny_dinov2)
     copy = tmp_path / "copy_of_first.jpg"
-    shutil.copy(sorted(image_dir.glob("*.jpg"))[0], copy)
-    again = _extract(store_path, [image_dir, copy, copy], tiny_dinov2)
+    shutil.copy(sorted(fs_image_dir.glob("*.jpg"))[0], copy)
+    again = _extract(fs_store_path, [fs_image_dir, copy, copy], fs_tiny_dinov2)
     assert first.written == 8
     # the copy has the same bytes: already stored; naming it twice is one input
     assert (again.written, again.skipped_existing, again.inputs) == (0, 9, 9)
-    assert FeatureStore(store_path).models()[0]["rows"] == 8
+    assert FeatureStore(fs_store_path).models()[0]["rows"] == 8
 
 
-def test_duplicate_content_within_one_run(tiny_dinov2, image_dir, store_path, tmp_path):
+def test_duplicate_content_within_one_run(fs_tiny_dinov2, fs_image_dir, fs_store_path, tmp_path):
     d = tmp_path / "dups"
     d.mkdir()
-    src = sorted(image_dir.glob("*.jpg"))[0]
+    src = sorted(fs_image_dir.glob("*.jpg"))[0]
     for i in range(5):
         shutil.copy(src, d / f"same_{i}.jpg")
-    s = _extract(store_path, [d], tiny_dinov2, batch_size=2)
+    s = _extract(fs_store_path, [d], fs_tiny_dinov2, batch_size=2)
     assert (s.written, s.skipped_duplicate) == (1, 4)
-    assert FeatureStore(store_path).models()[0]["rows"] == 1
+    assert FeatureStore(fs_store_path).models()[0]["rows"] == 1
 
 
-def test_bad_inputs_are_recorded_and_the_run_goes_on(tiny_dinov2, store_path, tmp_path):
+def test_bad_inputs_are_recorded_and_the_run_goes_on(fs_tiny_dinov2, fs_store_path, tmp_path):
     d = tmp_path / "mixed"
     good = write_images(d, 3)
     (d / "empty.jpg").write_bytes(b"")
@@ -80,9 +80,9 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(tiny_dinov2, store_path, tm
     (d / "notes.jpg").write_text("this is not an image")
     _bomb_png(d / "bomb.png")
     missing = tmp_path / "missing.jpg"
-    s = _extract(store_path, [d, missing], tiny_dinov2, batch_size=3)
+    s = _extract(fs_store_path, [d, missing], fs_tiny_dinov2, batch_size=3)
     assert (s.inputs, s.written, s.errors, s.ok) == (9, 3, 6, True)
-    errors = {Path(e["uri"]).name: e for e in FeatureStore(store_path).errors(s.run_id)}
+    errors = {Path(e["uri"]).name: e for e in FeatureStore(fs_store_path).errors(s.run_id)}
     assert errors["empty.jpg"]["error_type"] == "EmptyFileError"
     assert errors["truncated.jpg"]["error_type"] == "TruncatedImageError"
     assert errors["notes.jpg"]["error_type"] == "UnsupportedFormatError"
@@ -93,26 +93,26 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(tiny_dinov2, store_path, tm
     assert Image.MAX_IMAGE_PIXELS is not None  # no global flag flipped
 
 
-def test_max_error_rate_fails_the_run(tiny_dinov2, store_path, tmp_path):
+def test_max_error_rate_fails_the_run(fs_tiny_dinov2, fs_store_path, tmp_path):
     d = tmp_path / "bad"
     write_images(d, 1)
     for i in range(3):
         (d / f"bad_{i}.jpg").write_bytes(b"nope")
-    s = _extract(store_path, [d], tiny_dinov2, max_error_rate=0.5, batch_size=1)
+    s = _extract(fs_store_path, [d], fs_tiny_dinov2, max_error_rate=0.5, batch_size=1)
     assert not s.ok and s.error_rate > 0.5
-    ok = _extract(store_path, [d], tiny_dinov2, max_error_rate=0.9, batch_size=1)
+    ok = _extract(fs_store_path, [d], fs_tiny_dinov2, max_error_rate=0.9, batch_size=1)
     assert ok.ok
 
 
-def test_nothing_succeeded_is_not_ok(tiny_dinov2, store_path, tmp_path):
+def test_nothing_succeeded_is_not_ok(fs_tiny_dinov2, fs_store_path, tmp_path):
     d = tmp_path / "allbad"
     d.mkdir()
     (d / "a.jpg").write_bytes(b"")
-    s = _extract(store_path, [d], tiny_dinov2)
+    s = _extract(fs_store_path, [d], fs_tiny_dinov2)
     assert not s.ok and s.written == 0 and s.errors == 1
 
 
-def test_image_modes_are_converted(tiny_dinov2, store_path, tmp_path):
+def test_image_modes_are_converted(fs_tiny_dinov2, fs_store_path, tmp_path):
     d = tmp_path / "modes"
     d.mkdir()
     rgb = Image.new("RGB", (40, 30), (200, 30, 30))
@@ -123,13 +123,13 @@ def test_image_modes_are_converted(tiny_dinov2, store_path, tmp_path):
     Image.fromarray(np.full((30, 40), 40000, np.uint16)).save(d / "gray16.png")
     frames = [Image.new("RGB", (40, 30), c) for c in ((255, 0, 0), (0, 255, 0))]
     frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
-    s = _extract(store_path, [d], tiny_dinov2)
+    s = _extract(fs_store_path, [d], fs_tiny_dinov2)
     assert (s.written, s.errors) == (6, 0), s.error_samples
 
 
-def test_forkserver_workers_match_in_process(tiny_dinov2, image_dir, tmp_path):
-    a = _extract(tmp_path / "a", [image_dir], tiny_dinov2, workers=0)
-    b = _extract(tmp_path / "b", [image_dir], tiny_dinov2, workers=2)
+def test_forkserver_workers_match_in_process(fs_tiny_dinov2, fs_image_dir, tmp_path):
+    a = _extract(tmp_path / "a", [fs_image_dir], fs_tiny_dinov2, workers=0)
+    b = _extract(tmp_path / "b", [fs_image_dir], fs_tiny_dinov2, workers=2)
     ta = FeatureStore(tmp_path / "a").table(a.table).to_arrow().sort_by("id")
     tb = FeatureStore(tmp_path / "b").table(b.table).to_arrow().sort_by("id")
     assert a.model_hash == b.model_hash
@@ -139,7 +139,7 @@ def test_forkserver_workers_match_in_process(tiny_dinov2, image_dir, tmp_path):
     )
 
 
-def test_progress_bar_reports_images_per_second(tiny_dinov2, image_dir, store_path, capsys):
-    _extract(store_path, [image_dir], tiny_dinov2, progress=True)
+def test_progress_bar_reports_images_per_second(fs_tiny_dinov2, fs_image_dir, fs_store_path, capsys):
+    _extract(fs_store_path, [fs_image_dir], fs_tiny_dinov2, progress=True)
     err = capsys.readouterr().err
     assert "img/s" in err and "8/8" in err

@@ -28,13 +28,13 @@ def online_env(monkeypatch, tmp_path):
     return tmp_path / "hf-cache"
 
 
-def test_silent_endpoint_is_unreachable_and_probed_once(online_env, monkeypatch, silent_hub):
-    monkeypatch.setenv("HF_ENDPOINT", silent_hub.url)
+def test_silent_endpoint_is_unreachable_and_probed_once(online_env, monkeypatch, fs_silent_hub):
+    monkeypatch.setenv("HF_ENDPOINT", fs_silent_hub.url)
     monkeypatch.setenv("FEATURESTORE_HUB_TIMEOUT", "0.5")
     reason = hub.unreachable_reason()
     assert reason is not None and "did not answer" in reason and "127.0.0.1" in reason
     assert hub.unreachable_reason() == reason  # cached for the process: no second connection
-    assert silent_hub.connections == 1
+    assert fs_silent_hub.connections == 1
 
 
 def test_closed_port_is_unreachable(online_env, monkeypatch):
@@ -59,11 +59,11 @@ def test_answering_endpoint_is_reachable(online_env, monkeypatch):
     assert server.connections == 1
 
 
-def test_probe_off_makes_no_connection(online_env, monkeypatch, silent_hub):
-    monkeypatch.setenv("HF_ENDPOINT", silent_hub.url)
+def test_probe_off_makes_no_connection(online_env, monkeypatch, fs_silent_hub):
+    monkeypatch.setenv("HF_ENDPOINT", fs_silent_hub.url)
     monkeypatch.setenv("FEATURESTORE_HUB_TIMEOUT", "0")
     assert hub.unreachable_reason() is None
-    assert silent_hub.connections == 0
+    assert fs_silent_hub.connections == 0
 
 
 def test_bad_probe_timeout_is_a_config_error(monkeypatch):
@@ -73,14 +73,14 @@ def test_bad_probe_timeout_is_a_config_error(monkeypatch):
     assert "'soon'" in str(info.value) and "or 0 to skip the hub probe" in str(info.value)
 
 
-def test_proxy_is_probed_instead_of_the_hub(online_env, monkeypatch, silent_hub):
+def test_proxy_is_probed_instead_of_the_hub(online_env, monkeypatch, fs_silent_hub):
     proxy = closed_port_url()
-    monkeypatch.setenv("HF_ENDPOINT", silent_hub.url)
+    monkeypatch.setenv("HF_ENDPOINT", fs_silent_hub.url)
     monkeypatch.setenv("HTTP_PROXY", proxy)
     monkeypatch.setenv("NO_PROXY", "")
     reason = hub.unreachable_reason()
     assert reason is not None and "proxy" in reason
-    assert silent_hub.connections == 0
+    assert fs_silent_hub.connections == 0
 
 
 def test_unreachable_and_not_cached_names_backbone_repo_and_fix(online_env, monkeypatch):
@@ -93,8 +93,8 @@ def test_unreachable_and_not_cached_names_backbone_repo_and_fix(online_env, monk
     assert "HF_HUB_OFFLINE=1" in msg and str(online_env) in msg
 
 
-def test_unreachable_and_cached_loads_offline(online_env, monkeypatch, tmp_path, silent_hub):
-    monkeypatch.setenv("HF_ENDPOINT", silent_hub.url)
+def test_unreachable_and_cached_loads_offline(online_env, monkeypatch, tmp_path, fs_silent_hub):
+    monkeypatch.setenv("HF_ENDPOINT", fs_silent_hub.url)
     monkeypatch.setenv("FEATURESTORE_HUB_TIMEOUT", "0.5")
     files = tmp_path / "files"
     files.mkdir()
@@ -106,16 +106,16 @@ def test_unreachable_and_cached_loads_offline(online_env, monkeypatch, tmp_path,
     with hub.access("hf:acme/cached", "acme/cached"):
         assert huggingface_hub.constants.HF_HUB_OFFLINE is True  # the libraries use the cache only
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False
-    assert silent_hub.connections == 1
+    assert fs_silent_hub.connections == 1
 
 
-def test_offline_variable_fails_at_once_without_a_probe(online_env, monkeypatch, silent_hub):
-    monkeypatch.setenv("HF_ENDPOINT", silent_hub.url)
+def test_offline_variable_fails_at_once_without_a_probe(online_env, monkeypatch, fs_silent_hub):
+    monkeypatch.setenv("HF_ENDPOINT", fs_silent_hub.url)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError) as info:
         hub.check("resnet50", "timm/resnet50.a1_in1k")
     assert "HF_HUB_OFFLINE is set" in str(info.value)
-    assert silent_hub.connections == 0
+    assert fs_silent_hub.connections == 0
     hub.check("timm:resnet50", "timm/resnet50.*", guess=True)  # a guess defers to the library offline
 
 
@@ -131,19 +131,19 @@ def test_wildcard_matches_any_tag(online_env, tmp_path):
 # -- through the CLI, in a fresh process: what it imports, how often it calls --------------
 
 
-def test_cli_uncached_hub_model_fails_before_importing_torch(tmp_path, silent_hub):
+def test_cli_uncached_hub_model_fails_before_importing_torch(tmp_path, fs_silent_hub):
     write_images(tmp_path / "img", 1)
     args = ["extract", str(tmp_path / "img"), "-b", "hf:acme/nowhere", "-s", str(tmp_path / "s")]
-    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", silent_hub.url))
+    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", fs_silent_hub.url))
     assert (got["rc"], got["imported"]) == (2, []), err
     assert "'hf:acme/nowhere'" in err and "hf download acme/nowhere --local-dir DIR" in err and "Traceback" not in err
-    assert silent_hub.connections == 1  # the probe; no library request, no retry
+    assert fs_silent_hub.connections == 1  # the probe; no library request, no retry
 
 
-def test_cli_cached_hub_model_loads_with_the_hub_silent(tmp_path, silent_hub, tiny_dinov2):
+def test_cli_cached_hub_model_loads_with_the_hub_silent(tmp_path, fs_silent_hub, fs_tiny_dinov2):
     write_images(tmp_path / "img", 2)
-    put_in_hub_cache(tmp_path / "hf-cache", "acme/tiny-dinov2", tiny_dinov2)
+    put_in_hub_cache(tmp_path / "hf-cache", "acme/tiny-dinov2", fs_tiny_dinov2)
     args = ["extract", str(tmp_path / "img"), "-b", "hf:acme/tiny-dinov2", "-s", str(tmp_path / "s"), "--workers", "0"]
-    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", silent_hub.url))
+    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", fs_silent_hub.url))
     assert got["rc"] == 0, err
-    assert silent_hub.connections == 1  # only the probe: the files came from the cache
+    assert fs_silent_hub.connections == 1  # only the probe: the files came from the cache

@@ -79,9 +79,9 @@ def test_only_local_paths_in_backbone_names_and_weights_are_recorded(tmp_path, m
 
 
 @pytest.fixture
-def tree(tiny_dinov2, tmp_path, monkeypatch):
+def tree(fs_tiny_dinov2, tmp_path, monkeypatch):
     """Extract with relative paths from ``work/``: images ``photos/``, model ``hf:../models/tiny``."""
-    shutil.copytree(tiny_dinov2, tmp_path / "models" / "tiny")
+    shutil.copytree(fs_tiny_dinov2, tmp_path / "models" / "tiny")
     write_images(tmp_path / "work" / "photos", 5)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "work")
@@ -151,8 +151,8 @@ def test_a_moved_model_directory_is_named_then_found_with_root(tree, monkeypatch
     assert verify(store, s.table, sample=2, weights=str(root / "models2" / "tiny")).ok  # --weights still wins
 
 
-def test_weights_given_relative_are_recorded_absolute(tiny_dinov2, tmp_path, monkeypatch):
-    shutil.copytree(tiny_dinov2, tmp_path / "w" / "tiny")
+def test_weights_given_relative_are_recorded_absolute(fs_tiny_dinov2, tmp_path, monkeypatch):
+    shutil.copytree(fs_tiny_dinov2, tmp_path / "w" / "tiny")
     write_images(tmp_path / "work" / "p", 2)
     monkeypatch.chdir(tmp_path / "work")
     s = FeatureStore("store").extract(["p"], backbone="hf:tiny-random", weights="../w/tiny", workers=0)
@@ -162,8 +162,8 @@ def test_weights_given_relative_are_recorded_absolute(tiny_dinov2, tmp_path, mon
     assert verify("work/store", s.table, sample=2).ok
 
 
-def test_one_model_reached_by_two_spellings_of_its_path_writes_one_table(tiny_dinov2, tmp_path, monkeypatch):
-    shutil.copytree(tiny_dinov2, tmp_path / "models" / "tiny")
+def test_one_model_reached_by_two_spellings_of_its_path_writes_one_table(fs_tiny_dinov2, tmp_path, monkeypatch):
+    shutil.copytree(fs_tiny_dinov2, tmp_path / "models" / "tiny")
     write_images(tmp_path / "work" / "a", 3, seed=0)
     write_images(tmp_path / "work" / "b", 2, seed=40)
     monkeypatch.chdir(tmp_path / "work")
@@ -202,7 +202,7 @@ def test_read_commands_refuse_a_store_that_does_not_exist(argv, tmp_path, capsys
     assert not typo.exists() and not (tmp_path / "out").exists()
 
 
-def test_the_api_refuses_a_missing_store_and_only_extraction_creates_one(tiny_dinov2, tmp_path):
+def test_the_api_refuses_a_missing_store_and_only_extraction_creates_one(fs_tiny_dinov2, tmp_path):
     with pytest.raises(StoreNotFoundError, match="no featurestore at"):
         FeatureStore(tmp_path / "nope").models()
     with pytest.raises(StoreNotFoundError):
@@ -212,7 +212,7 @@ def test_the_api_refuses_a_missing_store_and_only_extraction_creates_one(tiny_di
     with pytest.raises(StoreNotFoundError, match="is not a directory"):
         Store(tmp_path / "file").cards()
     write_images(tmp_path / "img", 1)
-    FeatureStore(tmp_path / "new" / "store").extract([tmp_path / "img"], backbone=f"hf:{tiny_dinov2}", workers=0)
+    FeatureStore(tmp_path / "new" / "store").extract([tmp_path / "img"], backbone=f"hf:{fs_tiny_dinov2}", workers=0)
     assert len(FeatureStore(tmp_path / "new" / "store").models()) == 1
 
 
@@ -228,7 +228,7 @@ def test_extract_of_inputs_that_all_do_not_exist_fails_before_loading_the_model(
     assert not store.exists()
 
 
-def test_copies_of_a_dataset_in_two_places_have_one_content_digest(tiny_dinov2, tmp_path):
+def test_copies_of_a_dataset_in_two_places_have_one_content_digest(fs_tiny_dinov2, tmp_path):
     from featurestore.manifest import content_digest
 
     write_images(tmp_path / "here" / "photos", 4)
@@ -236,7 +236,7 @@ def test_copies_of_a_dataset_in_two_places_have_one_content_digest(tiny_dinov2, 
     digests = []
     for place in ("here", "there"):
         fs = FeatureStore(tmp_path / place / "store")
-        s = fs.extract([tmp_path / place / "photos"], backbone=f"hf:{tiny_dinov2}", workers=0, batch_size=4)
+        s = fs.extract([tmp_path / place / "photos"], backbone=f"hf:{fs_tiny_dinov2}", workers=0, batch_size=4)
         assert FeatureDataset(fs, s.table, columns=["uri"])[0]["uri"].startswith(str(tmp_path / place))
         digests.append(content_digest(fs.table(s.table)))
     assert digests[0] == digests[1] and digests[0][1] == 4

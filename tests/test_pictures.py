@@ -155,11 +155,11 @@ def test_patch_picture_errors(synthetic, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def real(tiny_dinov2, tmp_path_factory):
+def real(fs_tiny_dinov2, tmp_path_factory):
     """9 images extracted (dense) with the tiny DINOv2 at a 112 px crop: an 8x8 patch grid."""
     root = tmp_path_factory.mktemp("real")
     model = root / "m"
-    shutil.copytree(tiny_dinov2, model)
+    shutil.copytree(fs_tiny_dinov2, model)
     cfg = json.loads((model / "preprocessor_config.json").read_text())
     cfg.update(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112})
     (model / "preprocessor_config.json").write_text(json.dumps(cfg))

@@ -336,19 +336,19 @@ def test_create_backbone_from_plugin(site):
                                        "patch_size": 2, "summary": "toy linear backbone for tests"}}
 
 
-def test_plugin_backbone_extracts_into_store(site, image_dir, store_path):
+def test_plugin_backbone_extracts_into_store(site, fs_image_dir, fs_store_path):
     from featurestore.api import FeatureStore
 
     site.install_all(GOOD)
     get_host(reload=True)
-    fs = FeatureStore(store_path)
-    summary = fs.extract([image_dir], backbone="toy_backbone", dense=True, workers=0, device="cpu", batch_size=3)
+    fs = FeatureStore(fs_store_path)
+    summary = fs.extract([fs_image_dir], backbone="toy_backbone", dense=True, workers=0, device="cpu", batch_size=3)
     assert (summary.written, summary.errors, summary.ok) == (8, 0, True)
     (model,) = fs.models()
     assert (model["backbone"], model["rows"], model["dim"], model["plugin"]) == ("toy_backbone", 8, 8, "fs-good-plugin 1.0")
 
 
-def test_import_error_is_isolated(site, tiny_dinov2):
+def test_import_error_is_isolated(site, fs_tiny_dinov2):
     from featurestore.api import create_backbone
 
     host = site.install_all(BROKEN_IMPORT, GOOD).host()
@@ -366,7 +366,7 @@ def test_import_error_is_isolated(site, tiny_dinov2):
     # the global host sees the same, and both working plugins really build backbones
     get_host(reload=True)
     assert create_backbone("toy_backbone").dim == 8
-    assert create_backbone(f"hf:{tiny_dinov2}").dim == 32
+    assert create_backbone(f"hf:{fs_tiny_dinov2}").dim == 32
 
 
 def test_raising_hook_is_recorded(site):

@@ -197,11 +197,11 @@ def test_stratified_folds_spread_every_class():
     assert not (f == stratified_folds(y, 5, seed=1)).all()
 
 
-def test_probe_on_a_real_extraction(tiny_dinov2, tmp_path, capsys):
+def test_probe_on_a_real_extraction(fs_tiny_dinov2, tmp_path, capsys):
     d = tmp_path / "img"
     paths = write_images(d, 6, seed=0) + write_images(d / "b", 6, seed=50)
     fs = FeatureStore(tmp_path / "store")
-    table = fs.extract([d], backbone=f"hf:{tiny_dinov2}", dense=True, workers=0).table
+    table = fs.extract([d], backbone=f"hf:{fs_tiny_dinov2}", dense=True, workers=0).table
     labels = _labels_csv(tmp_path / "l.csv", "uri", [str(p) for p in paths], ["a"] * 6 + ["b"] * 6)
     res = _run(capsys, "probe", "-s", fs.path, "-m", table, "--labels", labels, "--folds", 3, "--features", "cls+meanpatch")
     assert (res["matched"], res["key"], res["feature_dim"], res["version"]) == (12, "uri", 64, fs.table(table).version)

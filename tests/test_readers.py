@@ -71,11 +71,11 @@ def synth(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def extracted(tiny_dinov2, tmp_path_factory):
+def extracted(fs_tiny_dinov2, tmp_path_factory):
     """Real extraction (tiny DINOv2, dense, blocks 0 and 1) of 6 JPEGs."""
     root = tmp_path_factory.mktemp("readers")
     write_images(root / "img", 6)
-    s = FeatureStore(root / "store").extract([root / "img"], backbone=f"hf:{tiny_dinov2}", dense=True, layers="0,1", workers=0, batch_size=4)
+    s = FeatureStore(root / "store").extract([root / "img"], backbone=f"hf:{fs_tiny_dinov2}", dense=True, layers="0,1", workers=0, batch_size=4)
     assert s.written == 6
     return root / "store", s
 

@@ -53,10 +53,10 @@ def _cli_err(capsys, *argv) -> str:
 
 
 @pytest.fixture(scope="module")
-def grid4_model(tiny_dinov2, tmp_path_factory) -> Path:
-    """tiny_dinov2 with a 56x56 crop: a 4x4 patch grid (DINOv2 interpolates its position embeddings)."""
+def grid4_model(fs_tiny_dinov2, tmp_path_factory) -> Path:
+    """fs_tiny_dinov2 with a 56x56 crop: a 4x4 patch grid (DINOv2 interpolates its position embeddings)."""
     d = tmp_path_factory.mktemp("grid4") / "m"
-    shutil.copytree(tiny_dinov2, d)
+    shutil.copytree(fs_tiny_dinov2, d)
     cfg = json.loads((d / "preprocessor_config.json").read_text())
     cfg.update(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56})
     (d / "preprocessor_config.json").write_text(json.dumps(cfg))
@@ -232,9 +232,9 @@ def test_bad_vectors_and_non_dense_tables(real, tmp_path, capsys):
     assert "has 8 rows" in err and "needs at least 256 rows" in err
 
 
-def test_other_weights_are_refused_for_image_queries(real, grid4_model, tiny_model_factory, tmp_path, capsys):
+def test_other_weights_are_refused_for_image_queries(real, grid4_model, fs_tiny_model_factory, tmp_path, capsys):
     fs, dense, _, paths, _ = real
-    other = tiny_model_factory("dinov2", seed=5)
+    other = fs_tiny_model_factory("dinov2", seed=5)
     err = _cli_err(capsys, "search", "-s", fs.path, "-m", dense, "--image", paths[0], "--weights", other)
     assert "not the ones that produced" in err and dense in err
     # same tensors, another image processor: the recomputed model hash catches it
@@ -247,13 +247,13 @@ def test_other_weights_are_refused_for_image_queries(real, grid4_model, tiny_mod
     assert "the preprocessing of" in err and dense in err
 
 
-def test_text_search_prints_the_object_every_query_prints_and_takes_exact(tiny_openclip, tmp_path, capsys):
+def test_text_search_prints_the_object_every_query_prints_and_takes_exact(fs_tiny_openclip, tmp_path, capsys):
     """--text --json prints the same object as the other query kinds, with or without --exact; a
     --layers table of the same CLIP model (no text space) still takes image queries: its text tower
     is not held against it."""
     write_images(tmp_path / "img", 5, fmt="PNG", seed=21)
     fs = FeatureStore(tmp_path / "s")
-    table = fs.extract([tmp_path / "img"], backbone=f"open_clip:local-dir:{tiny_openclip}", workers=0).table
+    table = fs.extract([tmp_path / "img"], backbone=f"open_clip:local-dir:{fs_tiny_openclip}", workers=0).table
     plain = _cli_json(capsys, "search", "-s", fs.path, "-m", table, "--text", "a red square", "-k", 3)
     exact = _cli_json(capsys, "search", "-s", fs.path, "-m", table, "--text", "a red square", "-k", 3, "--exact")
     image = _cli_json(capsys, "search", "-s", fs.path, "-m", table, "--image", tmp_path / "img" / "img_00000.png", "-k", 3)
@@ -263,7 +263,7 @@ def test_text_search_prints_the_object_every_query_prints_and_takes_exact(tiny_o
     assert [h["id"] for h in plain["hits"]] == [h["id"] for h in exact["hits"]]
     np.testing.assert_allclose([h["score"] for h in plain["hits"]], [h["score"] for h in exact["hits"]], atol=1e-5)
     assert set(plain["hits"][0]) == {"rank", "id", "uri", "score"}
-    layers = fs.extract([tmp_path / "img"], backbone=f"open_clip:local-dir:{tiny_openclip}", layers="last2", workers=0).table
+    layers = fs.extract([tmp_path / "img"], backbone=f"open_clip:local-dir:{fs_tiny_openclip}", layers="last2", workers=0).table
     img = str(tmp_path / "img" / "img_00002.png")
     out = _cli_json(capsys, "search", "-s", fs.path, "-m", layers, "--image", img, "-k", 2)
     assert out["hits"][0]["uri"] == img and out["hits"][0]["score"] > 0.9999

@@ -31,11 +31,11 @@ def _extract(store, images, model, sub="a", **kw):
     return FeatureStore(store).extract([images / sub], backbone=f"hf:{model}", workers=0, batch_size=2, **kw)
 
 
-def test_each_run_tags_the_version_it_ends_at(tiny_dinov2, images, tmp_path):
+def test_each_run_tags_the_version_it_ends_at(fs_tiny_dinov2, images, tmp_path):
     store = tmp_path / "s"
-    first = _extract(store, images, tiny_dinov2)
+    first = _extract(store, images, fs_tiny_dinov2)
     assert first.tag == f"run-{first.run_id}" and first.version == Store(store).open_table(first.table).version
-    second = _extract(store, images, tiny_dinov2, sub="b", tag="paper-v1")
+    second = _extract(store, images, fs_tiny_dinov2, sub="b", tag="paper-v1")
     assert second.tag == "paper-v1" and second.version > first.version
     info = table_versions(store, first.table)
     assert info["tags"] == {first.tag: first.version, "paper-v1": second.version}
@@ -43,15 +43,15 @@ def test_each_run_tags_the_version_it_ends_at(tiny_dinov2, images, tmp_path):
     assert len(FeatureDataset(store, first.table, version=first.tag)) == 6
     assert len(FeatureDataset(store, first.table, version="paper-v1")) == 10
     with pytest.raises(ConfigError, match="already has a tag 'paper-v1'"):
-        _extract(store, images, tiny_dinov2, sub="b", tag="paper-v1")
-    untagged = _extract(store, images, tiny_dinov2, sub="b", tag_run=False)
+        _extract(store, images, fs_tiny_dinov2, sub="b", tag="paper-v1")
+    untagged = _extract(store, images, fs_tiny_dinov2, sub="b", tag_run=False)
     assert untagged.tag is None and set(table_versions(store, first.table)["tags"]) == {first.tag, "paper-v1"}
 
 
-def test_compaction_keeps_rows_digest_and_tagged_versions(tiny_dinov2, images, tmp_path):
+def test_compaction_keeps_rows_digest_and_tagged_versions(fs_tiny_dinov2, images, tmp_path):
     store = tmp_path / "s"
-    first = _extract(store, images, tiny_dinov2, tag_run=False)  # 3 commits of 2 rows
-    _extract(store, images, tiny_dinov2, sub="b", tag="kept")  # 2 more commits
+    first = _extract(store, images, fs_tiny_dinov2, tag_run=False)  # 3 commits of 2 rows
+    _extract(store, images, fs_tiny_dinov2, sub="b", tag="kept")  # 2 more commits
     st = Store(store)
     table = st.open_table(first.table)
     before_digest, rows = content_digest(table)
@@ -72,9 +72,9 @@ def test_compaction_keeps_rows_digest_and_tagged_versions(tiny_dinov2, images, t
     assert len(FeatureDataset(store, first.table, version="kept")) == 10
 
 
-def test_cleanup_without_tags_leaves_one_version_and_parses_durations(tiny_dinov2, images, tmp_path):
+def test_cleanup_without_tags_leaves_one_version_and_parses_durations(fs_tiny_dinov2, images, tmp_path):
     store = tmp_path / "s"
-    s = _extract(store, images, tiny_dinov2, tag_run=False)
+    s = _extract(store, images, fs_tiny_dinov2, tag_run=False)
     st = Store(store)
     (kept,) = cleanup(st, s.table, older_than=parse_duration("7d"))  # nothing that old (but compacted)
     assert kept["versions"] >= kept["versions_before"] > 1
@@ -86,10 +86,10 @@ def test_cleanup_without_tags_leaves_one_version_and_parses_durations(tiny_dinov
         parse_duration("soon")
 
 
-def test_manifest_digest_equals_across_clean_reruns_and_differs_with_content(tiny_dinov2, images, tmp_path):
+def test_manifest_digest_equals_across_clean_reruns_and_differs_with_content(fs_tiny_dinov2, images, tmp_path):
     a, b = tmp_path / "a_store", tmp_path / "b_store"
-    sa = _extract(a, images, tiny_dinov2, tag_run=False)
-    sb = _extract(b, images, tiny_dinov2, tag_run=False)
+    sa = _extract(a, images, fs_tiny_dinov2, tag_run=False)
+    sb = _extract(b, images, fs_tiny_dinov2, tag_run=False)
     ma, mb = build_manifest(Store(a)), build_manifest(Store(b))
     ta, tb = ma.tables[sa.table], mb.tables[sb.table]
     assert ta.kind == "features" and ta.rows == 6 and ta.model_hash == sa.model_hash and ta.card["table"] == sa.table
@@ -97,20 +97,20 @@ def test_manifest_digest_equals_across_clean_reruns_and_differs_with_content(tin
     # bit-identical features, whatever the store's history (other commits, other files)
     assert ta.content_digest == tb.content_digest and ma.rows == mb.rows == 6
     assert ma.tables["models"].kind == "catalog"
-    _extract(b, images, tiny_dinov2, sub="b", tag_run=False)
+    _extract(b, images, fs_tiny_dinov2, sub="b", tag_run=False)
     assert build_manifest(Store(b)).tables[sb.table].content_digest != ta.content_digest
     Manifest.model_validate_json(ma.model_dump_json())  # the schema in schemas/manifest.schema.json
 
 
-def test_another_batch_size_gives_the_same_rows_within_verify_tolerance(tiny_dinov2, images, tmp_path):
+def test_another_batch_size_gives_the_same_rows_within_verify_tolerance(fs_tiny_dinov2, images, tmp_path):
     # Not bit-identical in general: BLAS blocks its sums by the matrix sizes, so batch 2 and
     # batch 4 may differ in the last bits (the README says so). Same ids, same rows, and
     # values within verify's default tolerance is what holds.
     from featurestore.verify import DEFAULT_ATOL
 
     a, b = tmp_path / "a_store", tmp_path / "b_store"
-    sa = _extract(a, images, tiny_dinov2, tag_run=False)
-    FeatureStore(b).extract([images / "a"], backbone=f"hf:{tiny_dinov2}", workers=0, batch_size=4, tag_run=False)
+    sa = _extract(a, images, fs_tiny_dinov2, tag_run=False)
+    FeatureStore(b).extract([images / "a"], backbone=f"hf:{fs_tiny_dinov2}", workers=0, batch_size=4, tag_run=False)
 
     def rows(store):
         t = Store(store).open_table(sa.table).to_arrow().sort_by("id")
@@ -121,9 +121,9 @@ def test_another_batch_size_gives_the_same_rows_within_verify_tolerance(tiny_din
     assert np.abs(cls_a - cls_b).max() <= DEFAULT_ATOL
 
 
-def test_cli_tag_compact_cleanup_manifest(tiny_dinov2, images, tmp_path, capsys):
+def test_cli_tag_compact_cleanup_manifest(fs_tiny_dinov2, images, tmp_path, capsys):
     store = tmp_path / "s"
-    s = _extract(store, images, tiny_dinov2, tag_run=False)
+    s = _extract(store, images, fs_tiny_dinov2, tag_run=False)
     st = str(store)
     assert cli_main(["tag", "v1", "-s", st, "-m", s.table, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"model": s.table, "tag": "v1", "version": s.version}
@@ -147,11 +147,11 @@ def test_cli_tag_compact_cleanup_manifest(tiny_dinov2, images, tmp_path, capsys)
 # -- drift -----------------------------------------------------------------------------------
 
 
-def test_verify_reextracts_and_catches_changed_weights_and_files(tiny_dinov2, images, tmp_path, capsys):
+def test_verify_reextracts_and_catches_changed_weights_and_files(fs_tiny_dinov2, images, tmp_path, capsys):
     from featurestore.verify import verify
 
     store = tmp_path / "s"
-    s = FeatureStore(store).extract([images / "a"], backbone=f"hf:{tiny_dinov2}", dense=True, workers=0, batch_size=3)
+    s = FeatureStore(store).extract([images / "a"], backbone=f"hf:{fs_tiny_dinov2}", dense=True, workers=0, batch_size=3)
     rep = verify(store, s.table, sample=4)
     assert rep.ok and rep.weights_ok and rep.checked == 4 and rep.max_abs_cls <= 1e-4 and rep.min_cos_patches > 0.999
     # a source file changed since extraction is reported, not compared
@@ -166,7 +166,7 @@ def test_verify_reextracts_and_catches_changed_weights_and_files(tiny_dinov2, im
     from safetensors.torch import load_file, save_file
 
     other = tmp_path / "other"
-    shutil.copytree(tiny_dinov2, other)
+    shutil.copytree(fs_tiny_dinov2, other)
     (w,) = other.glob("*.safetensors")
     tensors = load_file(str(w))
     k = sorted(tensors)[0]
@@ -180,12 +180,12 @@ def test_verify_reextracts_and_catches_changed_weights_and_files(tiny_dinov2, im
     assert json.loads(capsys.readouterr().out)["checked"] == 3
 
 
-def test_reading_commands_take_a_version_or_tag(tiny_dinov2, images, tmp_path, capsys):
+def test_reading_commands_take_a_version_or_tag(fs_tiny_dinov2, images, tmp_path, capsys):
     from featurestore.probe import probe
 
     store = tmp_path / "s"
-    first = _extract(store, images, tiny_dinov2, tag="first")
-    _extract(store, images, tiny_dinov2, sub="b")
+    first = _extract(store, images, fs_tiny_dinov2, tag="first")
+    _extract(store, images, fs_tiny_dinov2, sub="b")
     fs = FeatureStore(store)
     old_ids = set(FeatureDataset(store, first.table, version="first").ids)
     query = sorted(old_ids)[0]
@@ -203,9 +203,9 @@ def test_reading_commands_take_a_version_or_tag(tiny_dinov2, images, tmp_path, c
     assert probe(store, first.table, labels, folds=2).matched == 10
 
 
-def test_catalog_digests_leave_out_card_timestamps_and_a_missing_store_is_an_error(tiny_dinov2, images, tmp_path):
+def test_catalog_digests_leave_out_card_timestamps_and_a_missing_store_is_an_error(fs_tiny_dinov2, images, tmp_path):
     store = tmp_path / "s"
-    _extract(store, images, tiny_dinov2, tag_run=False)
+    _extract(store, images, fs_tiny_dinov2, tag_run=False)
     st = Store(store)
     before = build_manifest(st).tables["models"].content_digest
     models = st.db.open_table("models")
@@ -221,13 +221,13 @@ def test_catalog_digests_leave_out_card_timestamps_and_a_missing_store_is_an_err
     assert not (tmp_path / "typo").exists()
 
 
-def test_pictures_read_a_version(tiny_dinov2, images, tmp_path):
+def test_pictures_read_a_version(fs_tiny_dinov2, images, tmp_path):
     pytest.importorskip("matplotlib", reason="pictures need matplotlib (the viz extra; dev installs it)")
     from featurestore.pictures import map_picture, search_picture
 
     store = tmp_path / "s"
-    first = _extract(store, images, tiny_dinov2, tag="first")
-    _extract(store, images, tiny_dinov2, sub="b")
+    first = _extract(store, images, fs_tiny_dinov2, tag="first")
+    _extract(store, images, fs_tiny_dinov2, sub="b")
     query = FeatureDataset(store, first.table, version="first").ids[0]
     old = search_picture(store, first.table, tmp_path / "g.png", row_id=query, k=8, version="first")
     new = search_picture(store, first.table, tmp_path / "h.png", row_id=query, k=8)
@@ -235,14 +235,14 @@ def test_pictures_read_a_version(tiny_dinov2, images, tmp_path):
     assert map_picture(store, first.table, tmp_path / "m.png", method="pca", version="first")["points"] == 6
 
 
-def test_verify_decodes_video_frames_again(tiny_dinov2, tmp_path):
+def test_verify_decodes_video_frames_again(fs_tiny_dinov2, tmp_path):
     from featurestore.testing import write_video
     from featurestore.verify import verify
 
     (tmp_path / "v").mkdir()
     video = write_video(tmp_path / "v" / "clip.mp4", n_frames=20, fps=10, rotation=90)
     store = tmp_path / "s"
-    s = FeatureStore(store).extract([video], backbone=f"hf:{tiny_dinov2}", sample="uniform:4", workers=0)
+    s = FeatureStore(store).extract([video], backbone=f"hf:{fs_tiny_dinov2}", sample="uniform:4", workers=0)
     assert s.frames_written == 4
     rep = verify(store, s.table, sample=4)
     assert rep.ok and rep.checked == 4 and rep.skipped == {} and rep.max_abs_cls <= 1e-4
@@ -257,23 +257,23 @@ def test_verify_decodes_video_frames_again(tiny_dinov2, tmp_path):
     assert verify(store, s.table, sample=4).skipped == {"source changed since extraction": 4}
 
 
-def test_tag_is_another_name_for_version_on_reading_commands(tiny_dinov2, images, tmp_path, capsys):
+def test_tag_is_another_name_for_version_on_reading_commands(fs_tiny_dinov2, images, tmp_path, capsys):
     store = tmp_path / "s"
-    first = _extract(store, images, tiny_dinov2, tag="first")
-    _extract(store, images, tiny_dinov2, sub="b")
+    first = _extract(store, images, fs_tiny_dinov2, tag="first")
+    _extract(store, images, fs_tiny_dinov2, sub="b")
     out = tmp_path / "x.parquet"
     assert cli_main(["export", "-s", str(store), "-m", first.table, "-o", str(out), "--tag", "first", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 6
 
 
-def test_cleanup_retries_with_a_wider_margin_when_lancedb_would_reach_a_tag(tiny_dinov2, images, tmp_path):
+def test_cleanup_retries_with_a_wider_margin_when_lancedb_would_reach_a_tag(fs_tiny_dinov2, images, tmp_path):
     from datetime import timedelta
 
     from featurestore.maintenance import _cleanup, _cleanup_cutoff
 
     store = tmp_path / "s"
-    _extract(store, images, tiny_dinov2, tag_run=False)
-    s = _extract(store, images, tiny_dinov2, sub="b", tag="kept")
+    _extract(store, images, fs_tiny_dinov2, tag_run=False)
+    s = _extract(store, images, fs_tiny_dinov2, sub="b", tag="kept")
     table = Store(store).open_table(s.table)
     time.sleep(0.6)  # the tagged version is now > 0.5 s old
     # a cutoff that lands past the tag (as when the process stalls longer than the margin

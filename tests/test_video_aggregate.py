@@ -18,12 +18,12 @@ from featurestore.testing import write_video
 
 
 @pytest.fixture(scope="module")
-def extracted(tmp_path_factory: pytest.TempPathFactory, tiny_dinov2):
+def extracted(tmp_path_factory: pytest.TempPathFactory, fs_tiny_dinov2):
     d = tmp_path_factory.mktemp("agg_videos")
     write_video(d / "a.mp4", n_frames=40, fps=10)
     write_video(d / "b.mkv", n_frames=25, fps=5, codec="mpeg4")
     store = tmp_path_factory.mktemp("agg_store") / "s"
-    s = FeatureStore(store).extract([d], backbone=f"hf:{tiny_dinov2}", sample="fps:2", dense=True, workers=0)
+    s = FeatureStore(store).extract([d], backbone=f"hf:{fs_tiny_dinov2}", sample="fps:2", dense=True, workers=0)
     assert s.errors == 0 and s.frames_written > 0
     return store, s
 
@@ -105,11 +105,11 @@ def test_aggregating_twice_adds_nothing_and_params_make_another_table(extracted)
     assert listed[a.table]["spec"]["params"] == {"proportion": 0.1} and listed[a.table]["model_table"] == s.table
 
 
-def test_extract_with_aggregate_and_the_cli(extracted, tiny_dinov2, tmp_path, capsys):
+def test_extract_with_aggregate_and_the_cli(extracted, fs_tiny_dinov2, tmp_path, capsys):
     store, s = extracted
     videos = Path(fs_uri := FeatureStore(store).table(s.table).to_arrow().column("uri")[0].as_py()).parent
     out = tmp_path / "s2"
-    rc = main(["extract", str(videos), "-b", f"hf:{tiny_dinov2}", "-s", str(out), "--workers", "0",
+    rc = main(["extract", str(videos), "-b", f"hf:{fs_tiny_dinov2}", "-s", str(out), "--workers", "0",
                "--sample", "fps:2", "--aggregate", "mean,meanmax", "--json"])
     assert rc == 0, fs_uri
     summary = json.loads(capsys.readouterr().out)

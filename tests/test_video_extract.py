@@ -35,9 +35,9 @@ def _rows(fs: FeatureStore, table: str) -> list[dict]:
     return fs.table(table).to_arrow().to_pylist()
 
 
-def test_frames_and_images_share_the_model_table(media, tiny_dinov2, tmp_path):
+def test_frames_and_images_share_the_model_table(media, fs_tiny_dinov2, tmp_path):
     fs = FeatureStore(tmp_path / "s")
-    s = fs.extract([media], backbone=f"hf:{tiny_dinov2}", sample="uniform:4", workers=2, batch_size=3)
+    s = fs.extract([media], backbone=f"hf:{fs_tiny_dinov2}", sample="uniform:4", workers=2, batch_size=3)
     assert (s.inputs, s.videos, s.written, s.frames_written, s.errors) == (4, 2, 10, 8, 0)
     rows = _rows(fs, s.table)
     images = [r for r in rows if r["video_id"] is None]
@@ -53,12 +53,12 @@ def test_frames_and_images_share_the_model_table(media, tiny_dinov2, tmp_path):
         assert len({r["id"] for r in got}) == 4
 
 
-def test_frame_features_equal_the_model_on_the_decoded_frame(media, tiny_dinov2, tmp_path):
+def test_frame_features_equal_the_model_on_the_decoded_frame(media, fs_tiny_dinov2, tmp_path):
     from transformers import AutoImageProcessor, AutoModel
 
     fs = FeatureStore(tmp_path / "s")
-    s = fs.extract([media / "a.mp4"], backbone=f"hf:{tiny_dinov2}", sample="fps:2", dense=True, workers=0)
-    model, proc = AutoModel.from_pretrained(tiny_dinov2).eval(), AutoImageProcessor.from_pretrained(tiny_dinov2)
+    s = fs.extract([media / "a.mp4"], backbone=f"hf:{fs_tiny_dinov2}", sample="fps:2", dense=True, workers=0)
+    model, proc = AutoModel.from_pretrained(fs_tiny_dinov2).eval(), AutoImageProcessor.from_pretrained(fs_tiny_dinov2)
     by_ts = {r["timestamp_s"]: r for r in _rows(fs, s.table)}
     frames = list(iter_frames(media / "a.mp4", parse_sample("fps:2")))
     assert sorted(by_ts) == [f.timestamp_s for f in frames] and len(frames) == 6
@@ -69,18 +69,18 @@ def test_frame_features_equal_the_model_on_the_decoded_frame(media, tiny_dinov2,
         assert np.asarray(by_ts[f.timestamp_s]["patches"]).shape == (4, 32)
 
 
-def test_rerun_adds_nothing_and_another_sampling_adds_only_new_frames(media, tiny_dinov2, tmp_path):
+def test_rerun_adds_nothing_and_another_sampling_adds_only_new_frames(media, fs_tiny_dinov2, tmp_path):
     fs = FeatureStore(tmp_path / "s")
-    first = fs.extract([media / "a.mp4"], backbone=f"hf:{tiny_dinov2}", sample="every:10", workers=0)
-    again = fs.extract([media / "a.mp4"], backbone=f"hf:{tiny_dinov2}", sample="every:10", workers=0)
+    first = fs.extract([media / "a.mp4"], backbone=f"hf:{fs_tiny_dinov2}", sample="every:10", workers=0)
+    again = fs.extract([media / "a.mp4"], backbone=f"hf:{fs_tiny_dinov2}", sample="every:10", workers=0)
     assert (first.written, again.written, again.skipped_existing) == (3, 0, 3)
-    more = fs.extract([media / "a.mp4"], backbone=f"hf:{tiny_dinov2}", sample="every:5", workers=0)
+    more = fs.extract([media / "a.mp4"], backbone=f"hf:{fs_tiny_dinov2}", sample="every:5", workers=0)
     assert (more.written, more.skipped_existing) == (3, 3)  # frames 0, 10, 20 were stored already
     rows = _rows(fs, first.table)
     assert len(rows) == len({r["id"] for r in rows}) == 6
 
 
-def test_bad_videos_are_errors_and_good_frames_are_kept(media, tiny_dinov2, tmp_path):
+def test_bad_videos_are_errors_and_good_frames_are_kept(media, fs_tiny_dinov2, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     # index first (faststart): cutting the data leaves the frames before the cut decodable
@@ -92,7 +92,7 @@ def test_bad_videos_are_errors_and_good_frames_are_kept(media, tiny_dinov2, tmp_
     (bad / "empty.webm").write_bytes(b"")
     write_images(bad, 1, fmt="PNG")
     fs = FeatureStore(tmp_path / "s")
-    s = fs.extract([bad], backbone=f"hf:{tiny_dinov2}", sample="every:5", workers=1)
+    s = fs.extract([bad], backbone=f"hf:{fs_tiny_dinov2}", sample="every:5", workers=1)
     errs = {Path(e["uri"]).name: e for e in fs.errors(s.run_id)}
     assert set(errs) == {"cut.mp4", "sound.mp4", "empty.webm"}
     assert errs["sound.mp4"]["error_type"] == "NoVideoStreamError"
@@ -105,16 +105,16 @@ def test_bad_videos_are_errors_and_good_frames_are_kept(media, tiny_dinov2, tmp_
     assert s.written == len(kept) + 1  # + the PNG: the run went on
 
 
-def test_old_table_gets_the_video_columns_and_keeps_its_rows(media, tiny_dinov2, tmp_path):
+def test_old_table_gets_the_video_columns_and_keeps_its_rows(media, fs_tiny_dinov2, tmp_path):
     fs = FeatureStore(tmp_path / "s")
-    s = fs.extract([media / "img_00000.png"], backbone=f"hf:{tiny_dinov2}", workers=0)
+    s = fs.extract([media / "img_00000.png"], backbone=f"hf:{fs_tiny_dinov2}", workers=0)
     # rebuild the table the way it was before videos existed: no video columns
     store = Store(tmp_path / "s")
     old = store.db.open_table(s.table).to_arrow()
     legacy = pa.schema([f for f in feature_schema(32, False) if f.name not in ("video_id", "timestamp_s", "frame_index")])
     store.db.drop_table(s.table)
     store.db.create_table(s.table, old.select(legacy.names).cast(legacy))
-    v = FeatureStore(tmp_path / "s").extract([media / "b.mkv"], backbone=f"hf:{tiny_dinov2}", sample="uniform:2", workers=0)
+    v = FeatureStore(tmp_path / "s").extract([media / "b.mkv"], backbone=f"hf:{fs_tiny_dinov2}", sample="uniform:2", workers=0)
     assert v.written == 2 and v.table == s.table
     rows = _rows(fs, s.table)
     assert len(rows) == 3
@@ -122,12 +122,12 @@ def test_old_table_gets_the_video_columns_and_keeps_its_rows(media, tiny_dinov2,
     assert img["id"] == old.column("id")[0].as_py() and img["timestamp_s"] is None
 
 
-def test_cli_sample_option(media, tiny_dinov2, tmp_path, capsys):
+def test_cli_sample_option(media, fs_tiny_dinov2, tmp_path, capsys):
     store = str(tmp_path / "s")
-    rc = main(["extract", str(media / "b.mkv"), "-b", f"hf:{tiny_dinov2}", "-s", store, "--workers", "0", "--sample", "keyframes", "--json"])
+    rc = main(["extract", str(media / "b.mkv"), "-b", f"hf:{fs_tiny_dinov2}", "-s", store, "--workers", "0", "--sample", "keyframes", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     keys = list(iter_frames(media / "b.mkv", parse_sample("keyframes")))
     assert out["frames_written"] == len(keys) >= 1
-    assert main(["extract", str(media), "-b", f"hf:{tiny_dinov2}", "-s", store, "--sample", "uniform:0"]) == 2
+    assert main(["extract", str(media), "-b", f"hf:{fs_tiny_dinov2}", "-s", store, "--sample", "uniform:0"]) == 2
     assert "uniform" in capsys.readouterr().err

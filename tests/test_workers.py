@@ -38,14 +38,14 @@ print(json.dumps({"seen": fs.backbone("preload_probe").seen_preload, "other_proc
 """
 
 
-def test_forkserver_imports_the_declared_modules_while_the_model_loads(tmp_path, tiny_dinov2):
+def test_forkserver_imports_the_declared_modules_while_the_model_loads(tmp_path, fs_tiny_dinov2):
     mods = tmp_path / "mods"
     mods.mkdir()
     marker = tmp_path / "imported_by"
     (mods / "fs_marker.py").write_text(f"import os\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\n")
     write_images(tmp_path / "img", 3)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(mods), os.environ.get("PYTHONPATH", "")]))
-    args = [str(marker), str(tiny_dinov2), str(tmp_path / "img"), str(tmp_path / "store")]
+    args = [str(marker), str(fs_tiny_dinov2), str(tmp_path / "img"), str(tmp_path / "store")]
     out = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"seen": True, "other_process": True, "written": 3}
@@ -70,7 +70,7 @@ if __name__ == "__main__":
 """
 
 
-def test_a_failed_model_load_stops_the_early_server_and_the_next_run_starts_another(tmp_path, tiny_dinov2):
+def test_a_failed_model_load_stops_the_early_server_and_the_next_run_starts_another(tmp_path, fs_tiny_dinov2):
     """A forkserver left importing after a failure would hold the caller's stdout/stderr open."""
     from featurestore.testing import closed_port_url, hub_env
 
@@ -78,7 +78,7 @@ def test_a_failed_model_load_stops_the_early_server_and_the_next_run_starts_anot
     script = tmp_path / "run.py"
     script.write_text(STOP)
     env = hub_env(tmp_path / "hf-cache", closed_port_url())
-    out = subprocess.run([sys.executable, str(script), str(tiny_dinov2), str(tmp_path / "img"), str(tmp_path / "s")],
+    out = subprocess.run([sys.executable, str(script), str(fs_tiny_dinov2), str(tmp_path / "img"), str(tmp_path / "s")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"failed": True, "server_after_failure": None, "written": 2}

@@ -1,10 +1,14 @@
-"""pytest plugin: tiny random open_clip models built from configs and saved to disk.
+"""Tiny random open_clip models built from configs and saved to disk.
 
 Nothing is downloaded: a model is built with ``open_clip.CLIP`` / ``CustomTextCLIP`` from a
 small config with random weights, written as ``open_clip_config.json`` +
 ``open_clip_model.safetensors`` (the layout of open_clip hub repos) and then loaded back
 through the plugin's real code (``open_clip:local-dir:<dir>``). The text tower uses
 open_clip's bundled BPE tokenizer, which needs no download.
+
+The fixtures (``fs_*``) are opt-in: ``pytest_plugins = ["featurestore_openclip.testing"]`` in a test
+suite's top-level ``conftest.py``. The unprefixed names still work for one release, with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from featurestore.testing import deprecated_fixture_alias
 
 KINDS = ("clip", "siglip")
 
@@ -80,22 +86,28 @@ def make_tiny_openclip(directory: Path, kind: str = "clip", *, seed: int = 0, fm
 
 
 @pytest.fixture(scope="session")
-def tiny_openclip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fs_tiny_openclip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random CLIP (embed 16, width 32, 32x32 input, patch 8: 4x4 patches)."""
     return make_tiny_openclip(tmp_path_factory.mktemp("tiny_openclip"), "clip")
 
 
 @pytest.fixture(scope="session")
-def tiny_siglip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fs_tiny_siglip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random SigLIP-like model (timm test_vit3 trunk, MAP pool, 160x160: 10x10 patches)."""
     return make_tiny_openclip(tmp_path_factory.mktemp("tiny_siglip"), "siglip")
 
 
 @pytest.fixture(scope="session")
-def tiny_openclip_factory(tmp_path_factory: pytest.TempPathFactory):
+def fs_tiny_openclip_factory(tmp_path_factory: pytest.TempPathFactory):
     """``factory(kind, **kw) -> Path`` building a tiny model in a fresh directory."""
 
     def factory(kind: str = "clip", **kw: Any) -> Path:
         return make_tiny_openclip(tmp_path_factory.mktemp(f"tiny_openclip_{kind}"), kind, **kw)
 
     return factory
+
+
+# the names before the fs_ prefix, for one release
+_tiny_openclip = deprecated_fixture_alias("tiny_openclip", "fs_tiny_openclip", scope="session")
+_tiny_siglip = deprecated_fixture_alias("tiny_siglip", "fs_tiny_siglip", scope="session")
+_tiny_openclip_factory = deprecated_fixture_alias("tiny_openclip_factory", "fs_tiny_openclip_factory", scope="session")

@@ -30,8 +30,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_openclip: Path, tiny_siglip: Path) -> dict[str, Path]:
-    return {"clip": tiny_openclip, "siglip": tiny_siglip}
+def models(fs_tiny_openclip: Path, fs_tiny_siglip: Path) -> dict[str, Path]:
+    return {"clip": fs_tiny_openclip, "siglip": fs_tiny_siglip}
 
 
 def reference(model_dir: Path):

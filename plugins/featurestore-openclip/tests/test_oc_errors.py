@@ -29,10 +29,10 @@ def _extract(tmp_path: Path, backbone: str, *extra: str) -> int:
     return main(["extract", str(imgs), "-b", backbone, "-s", str(tmp_path / "s"), "--workers", "0", *extra])
 
 
-def test_pickle_that_runs_code_is_refused_and_not_run(tiny_openclip, tmp_path, capsys):
+def test_pickle_that_runs_code_is_refused_and_not_run(fs_tiny_openclip, tmp_path, capsys):
     marker = tmp_path / "code_ran"
     d = tmp_path / "evil"
-    shutil.copytree(tiny_openclip, d)
+    shutil.copytree(fs_tiny_openclip, d)
     (d / "open_clip_model.safetensors").unlink()
     torch.save({"visual.proj": _RunsCode(marker)}, d / "open_clip_pytorch_model.bin")
     assert _extract(tmp_path, f"open_clip:local-dir:{d}") == 2
@@ -45,8 +45,8 @@ def test_pickle_that_runs_code_is_refused_and_not_run(tiny_openclip, tmp_path, c
     assert not marker.exists()
 
 
-def test_plain_state_dict_pickle_is_fine(tiny_openclip_factory, tmp_path):
-    d = tiny_openclip_factory("clip", seed=5, fmt="bin")
+def test_plain_state_dict_pickle_is_fine(fs_tiny_openclip_factory, tmp_path):
+    d = fs_tiny_openclip_factory("clip", seed=5, fmt="bin")
     assert _extract(tmp_path, f"open_clip:local-dir:{d}") == 0
 
 
@@ -66,18 +66,18 @@ def test_bad_names_and_weights(backbone, extra, needle, tmp_path, capsys):
     assert needle in capsys.readouterr().err
 
 
-def test_checkpoint_of_another_architecture(tiny_openclip, tiny_siglip, tmp_path, capsys):
+def test_checkpoint_of_another_architecture(fs_tiny_openclip, fs_tiny_siglip, tmp_path, capsys):
     d = tmp_path / "mixed"
-    shutil.copytree(tiny_siglip, d)
+    shutil.copytree(fs_tiny_siglip, d)
     (d / "open_clip_model.safetensors").unlink()
-    shutil.copy(tiny_openclip / "open_clip_model.safetensors", d / "open_clip_model.safetensors")
+    shutil.copy(fs_tiny_openclip / "open_clip_model.safetensors", d / "open_clip_model.safetensors")
     assert _extract(tmp_path, f"open_clip:local-dir:{d}") == 2
     assert "does not fit the architecture" in capsys.readouterr().err
 
 
-def test_local_dir_without_weights(tiny_openclip, tmp_path, capsys):
+def test_local_dir_without_weights(fs_tiny_openclip, tmp_path, capsys):
     d = tmp_path / "noweights"
     d.mkdir()
-    shutil.copy(tiny_openclip / "open_clip_config.json", d / "open_clip_config.json")
+    shutil.copy(fs_tiny_openclip / "open_clip_config.json", d / "open_clip_config.json")
     assert _extract(tmp_path, f"open_clip:local-dir:{d}") == 2
     assert "no weights in" in capsys.readouterr().err

@@ -39,8 +39,8 @@ def _hooked_blocks(model_dir: Path, image: Path, blocks: list[int]):
 
 
 @pytest.mark.parametrize("kind, layers, blocks", [("clip", "-1,0", [1, 0]), ("siglip", "last2", [7, 8])])
-def test_layers_equal_hooked_block_outputs(kind, layers, blocks, tiny_openclip, tiny_siglip, tmp_path):
-    model_dir = {"clip": tiny_openclip, "siglip": tiny_siglip}[kind]
+def test_layers_equal_hooked_block_outputs(kind, layers, blocks, fs_tiny_openclip, fs_tiny_siglip, tmp_path):
+    model_dir = {"clip": fs_tiny_openclip, "siglip": fs_tiny_siglip}[kind]
     imgs = tmp_path / "imgs"
     write_images(imgs, 2, size=(50, 40), fmt="PNG", seed=8)
     fs = FeatureStore(tmp_path / "s")

@@ -21,16 +21,16 @@ from featurestore.testing import write_images
 
 
 @pytest.fixture()
-def extracted(tmp_path, tiny_openclip, tiny_siglip):
+def extracted(tmp_path, fs_tiny_openclip, fs_tiny_siglip):
     """A store with both tiny models' features of 6 images; the images are deleted afterwards."""
     imgs = tmp_path / "imgs"
     write_images(imgs, 6, size=(48, 40), fmt="PNG", seed=50)
     fs = FeatureStore(tmp_path / "s")
     tables = {}
-    for kind, d in (("clip", tiny_openclip), ("siglip", tiny_siglip)):
+    for kind, d in (("clip", fs_tiny_openclip), ("siglip", fs_tiny_siglip)):
         tables[kind] = fs.extract([imgs], backbone=f"open_clip:local-dir:{d}", workers=0).table
     shutil.rmtree(imgs)  # search and classify must not need the images: nothing is re-extracted
-    return fs, tables, {"clip": tiny_openclip, "siglip": tiny_siglip}
+    return fs, tables, {"clip": fs_tiny_openclip, "siglip": fs_tiny_siglip}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -118,21 +118,21 @@ def test_labels_from_file(extracted, tmp_path):
     assert len(rows) == 6 and set(rows[0]["scores"]) == {"cat", "dog"}
 
 
-def test_other_weights_are_refused(extracted, tiny_openclip_factory, capsys):
+def test_other_weights_are_refused(extracted, fs_tiny_openclip_factory, capsys):
     """Text from a different model would not be comparable: the weight digest is checked first."""
     fs, tables, _ = extracted
-    other = tiny_openclip_factory("clip", seed=99)
+    other = fs_tiny_openclip_factory("clip", seed=99)
     rc = main(["search", "-s", fs.path, "-m", tables["clip"], "-t", "a dog", "--weights", str(other / "open_clip_model.safetensors")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "not the ones that produced" in err and tables["clip"] in err
 
 
-def test_layers_table_has_no_text_space(tmp_path, tiny_openclip, capsys):
+def test_layers_table_has_no_text_space(tmp_path, fs_tiny_openclip, capsys):
     imgs = tmp_path / "imgs"
     write_images(imgs, 2, fmt="PNG")
     fs = FeatureStore(tmp_path / "s")
-    s = fs.extract([imgs], backbone=f"open_clip:local-dir:{tiny_openclip}", layers="last2", workers=0)
+    s = fs.extract([imgs], backbone=f"open_clip:local-dir:{fs_tiny_openclip}", layers="last2", workers=0)
     assert fs.card(s.table).text_dim is None
     assert main(["search", "-s", fs.path, "-m", s.table, "-t", "a dog"]) == 2
     assert "--layers" in capsys.readouterr().err

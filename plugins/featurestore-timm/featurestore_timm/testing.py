@@ -1,8 +1,12 @@
-"""pytest plugin: tiny random timm models saved to disk, loaded back through ``--weights``.
+"""Tiny random timm models saved to disk, loaded back through ``--weights``.
 
 Nothing is downloaded: timm's own tiny ``test_*`` architectures (and small stock ones such
 as ``mobilenetv3_small_050``) are built with ``pretrained=False``, their weights made
 non-trivial, and saved as the files a user would pass with ``--weights``.
+
+The fixtures (``fs_*``) are opt-in: ``pytest_plugins = ["featurestore_timm.testing"]`` in a test
+suite's top-level ``conftest.py``. The unprefixed names still work for one release, with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from featurestore.testing import deprecated_fixture_alias
 
 FORMATS = ("safetensors", "pth", "dir")
 
@@ -119,7 +125,7 @@ def reference_pixels(model: Any, image_path: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def tiny_timm_factory(tmp_path_factory: pytest.TempPathFactory):
+def fs_tiny_timm_factory(tmp_path_factory: pytest.TempPathFactory):
     """``factory(name, **kw) -> Path``: :func:`make_tiny_timm` in a fresh directory."""
 
     def factory(name: str = "test_resnet", **kw: Any) -> Path:
@@ -129,12 +135,18 @@ def tiny_timm_factory(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def tiny_timm_resnet(tiny_timm_factory) -> Path:
+def fs_tiny_timm_resnet(fs_tiny_timm_factory) -> Path:
     """A tiny random ``test_resnet`` (96-wide, 160x160 input, 5x5 final map) as .safetensors."""
-    return tiny_timm_factory("test_resnet")
+    return fs_tiny_timm_factory("test_resnet")
 
 
 @pytest.fixture(scope="session")
-def tiny_timm_vit(tiny_timm_factory) -> Path:
+def fs_tiny_timm_vit(fs_tiny_timm_factory) -> Path:
     """A tiny random ``test_vit`` (64-wide, patch 16, 160x160 input: 10x10 patches + CLS) as .safetensors."""
-    return tiny_timm_factory("test_vit")
+    return fs_tiny_timm_factory("test_vit")
+
+
+# the names before the fs_ prefix, for one release
+_tiny_timm_factory = deprecated_fixture_alias("tiny_timm_factory", "fs_tiny_timm_factory", scope="session")
+_tiny_timm_resnet = deprecated_fixture_alias("tiny_timm_resnet", "fs_tiny_timm_resnet", scope="session")
+_tiny_timm_vit = deprecated_fixture_alias("tiny_timm_vit", "fs_tiny_timm_vit", scope="session")

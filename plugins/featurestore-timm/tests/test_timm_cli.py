@@ -16,17 +16,17 @@ from featurestore_timm.plugin import NAMED
 from featurestore_timm.testing import reference_model, reference_pixels
 
 
-def test_cli_extract_with_a_worker_process(tiny_timm_resnet, image_dir, store_path, capsys):
+def test_cli_extract_with_a_worker_process(fs_tiny_timm_resnet, fs_image_dir, fs_store_path, capsys):
     """--workers 1: the preprocessor is pickled into a forkserver worker and runs timm's transform there."""
-    argv = ["extract", str(image_dir), "--backbone", "timm:test_resnet", "--weights", str(tiny_timm_resnet)]
-    argv += ["--store", str(store_path), "--workers", "1", "--batch-size", "3", "--dense", "--json"]
+    argv = ["extract", str(fs_image_dir), "--backbone", "timm:test_resnet", "--weights", str(fs_tiny_timm_resnet)]
+    argv += ["--store", str(fs_store_path), "--workers", "1", "--batch-size", "3", "--dense", "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["inputs"], summary["written"], summary["errors"], summary["ok"]) == (8, 8, 0, True)
-    fs = FeatureStore(store_path)
+    fs = FeatureStore(fs_store_path)
     card = fs.card(summary["table"])
-    assert card.weights_arg == str(tiny_timm_resnet) and card.backbone == "timm:test_resnet"
-    model = reference_model("test_resnet", tiny_timm_resnet)
+    assert card.weights_arg == str(fs_tiny_timm_resnet) and card.backbone == "timm:test_resnet"
+    model = reference_model("test_resnet", fs_tiny_timm_resnet)
     rows = fs.table(summary["table"]).to_arrow().to_pylist()
     assert len(rows) == 8
     for r in rows:
@@ -41,8 +41,8 @@ def test_cli_extract_with_a_worker_process(tiny_timm_resnet, image_dir, store_pa
     assert (again["written"], again["skipped_existing"], again["table"]) == (0, 8, summary["table"])
 
 
-def test_cli_error_names_the_fix(image_dir, store_path, capsys):
-    argv = ["extract", str(image_dir), "--backbone", "timm:resnet50", "--weights", "/no/such/r50.safetensors", "--store", str(store_path)]
+def test_cli_error_names_the_fix(fs_image_dir, fs_store_path, capsys):
+    argv = ["extract", str(fs_image_dir), "--backbone", "timm:resnet50", "--weights", "/no/such/r50.safetensors", "--store", str(fs_store_path)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "/no/such/r50.safetensors" in err and "Fix:" in err

@@ -51,10 +51,10 @@ def files(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.suffix in (".jpg", ".png"))
 
 
-def read_rows(store_path: Path, table: str) -> dict[str, dict]:
+def read_rows(fs_store_path: Path, table: str) -> dict[str, dict]:
     """Rows of a feature table keyed by resolved file path, with numpy arrays."""
     out = {}
-    for r in FeatureStore(store_path).table(table).to_arrow().to_pylist():
+    for r in FeatureStore(fs_store_path).table(table).to_arrow().to_pylist():
         r["cls"] = np.asarray(r["cls"], np.float32)
         if r.get("patches") is not None:
             r["patches"] = np.asarray(r["patches"], np.float16)
@@ -83,10 +83,10 @@ def reference_tokens(feats: torch.Tensor, fmt: str, prefix: int) -> torch.Tensor
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_stored_features_equal_timm_forward(name, tiny_timm_factory, images, store_path):
+def test_stored_features_equal_timm_forward(name, fs_tiny_timm_factory, images, fs_store_path):
     dim, pdim, grid, stride, prefix, fmt = MODELS[name]
-    weights = tiny_timm_factory(name, seed=1)
-    fs = FeatureStore(store_path)
+    weights = fs_tiny_timm_factory(name, seed=1)
+    fs = FeatureStore(fs_store_path)
     summary = fs.extract([images], backbone=f"timm:{name}", weights=str(weights), dense=True, workers=0, batch_size=4)
     paths = files(images)
     assert (summary.inputs, summary.written, summary.errors, summary.ok) == (len(paths), len(paths), 0, True)
@@ -104,7 +104,7 @@ def test_stored_features_equal_timm_forward(name, tiny_timm_factory, images, sto
 
     model = reference_model(name, weights)
     assert card.preprocessing["data_config"]["input_size"] == [3, lay.input_h, lay.input_w]
-    rows = read_rows(store_path, summary.table)
+    rows = read_rows(fs_store_path, summary.table)
     assert set(rows) == {str(p.resolve()) for p in paths}
     for p in paths:
         r = rows[str(p.resolve())]
@@ -120,12 +120,12 @@ def test_stored_features_equal_timm_forward(name, tiny_timm_factory, images, sto
         assert_patches_match(r["patches"], tokens)
 
 
-def test_patch_order_is_row_major_not_column_major(tiny_timm_factory, images, store_path):
+def test_patch_order_is_row_major_not_column_major(fs_tiny_timm_factory, images, fs_store_path):
     """A plugin that flattened (W, H) instead of (H, W) would store the transposed grid: caught here."""
-    weights = tiny_timm_factory("test_resnet", seed=1)
-    s = FeatureStore(store_path).extract([images], backbone="timm:test_resnet", weights=str(weights), dense=True, workers=0)
+    weights = fs_tiny_timm_factory("test_resnet", seed=1)
+    s = FeatureStore(fs_store_path).extract([images], backbone="timm:test_resnet", weights=str(weights), dense=True, workers=0)
     p = files(images)[0]
-    stored = read_rows(store_path, s.table)[str(p.resolve())]["patches"].astype(np.float32)
+    stored = read_rows(fs_store_path, s.table)[str(p.resolve())]["patches"].astype(np.float32)
     model = reference_model("test_resnet", weights)
     with torch.no_grad():
         f = model.forward_features(reference_pixels(model, p))[0]  # (C, 5, 5)
@@ -134,11 +134,11 @@ def test_patch_order_is_row_major_not_column_major(tiny_timm_factory, images, st
     np.testing.assert_allclose(stored[1], f[:, 0, 1].half().float().numpy(), rtol=2**-10, atol=1e-3)  # row 0, column 1
 
 
-def test_vit_cls_is_the_normed_cls_token_and_not_a_patch(tiny_timm_vit, images, store_path):
+def test_vit_cls_is_the_normed_cls_token_and_not_a_patch(fs_tiny_timm_vit, images, fs_store_path):
     """test_vit pools with global_pool='token': cls = forward_features[:, 0], which is not among the patches."""
-    s = FeatureStore(store_path).extract([images], backbone="timm:test_vit", weights=str(tiny_timm_vit), dense=True, workers=0)
-    model = reference_model("test_vit", tiny_timm_vit)
-    for p, r in read_rows(store_path, s.table).items():
+    s = FeatureStore(fs_store_path).extract([images], backbone="timm:test_vit", weights=str(fs_tiny_timm_vit), dense=True, workers=0)
+    model = reference_model("test_vit", fs_tiny_timm_vit)
+    for p, r in read_rows(fs_store_path, s.table).items():
         with torch.no_grad():
             tokens = model.forward_features(reference_pixels(model, Path(p)))[0]  # (101, 64)
         np.testing.assert_allclose(r["cls"], tokens[0].numpy(), atol=1e-4)

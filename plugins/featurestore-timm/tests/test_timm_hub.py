@@ -69,18 +69,18 @@ def test_offline_without_cache_is_weights_not_found(tmp_path):
 
 
 @pytest.mark.parametrize("backbone, repo", [("resnet50", "'timm/resnet50.a1_in1k'"), ("timm:resnet18", "'timm/resnet18.<tag>'")])
-def test_unreachable_hub_fails_before_importing_timm(backbone, repo, tmp_path, silent_hub):
+def test_unreachable_hub_fails_before_importing_timm(backbone, repo, tmp_path, fs_silent_hub):
     from featurestore.testing import hub_env, run_cli_fresh
 
     write_images(tmp_path / "img", 1)
     args = ["extract", str(tmp_path / "img"), "-b", backbone, "-s", str(tmp_path / "s")]
-    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", silent_hub.url))
+    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", fs_silent_hub.url))
     assert (got["rc"], got["imported"]) == (2, []), err
     assert f"backbone {backbone!r} needs {repo}" in err and "--weights DIR" in err and "HF_HUB_OFFLINE=1" in err
-    assert silent_hub.connections == 1  # one probe, no library request
+    assert fs_silent_hub.connections == 1  # one probe, no library request
 
 
-def test_unreachable_hub_loads_cached_weights(tmp_path, silent_hub):
+def test_unreachable_hub_loads_cached_weights(tmp_path, fs_silent_hub):
     """timm's own hub path (create_model(pretrained=True)) reads the cache, with no request."""
     from featurestore.testing import hub_env, put_in_hub_cache, run_cli_fresh
     from featurestore_timm.testing import make_tiny_timm
@@ -88,6 +88,6 @@ def test_unreachable_hub_loads_cached_weights(tmp_path, silent_hub):
     put_in_hub_cache(tmp_path / "hf-cache", "timm/test_resnet.r160_in1k", make_tiny_timm(tmp_path / "export", fmt="dir"))
     write_images(tmp_path / "img", 2, size=(96, 72))
     args = ["extract", str(tmp_path / "img"), "-b", "timm:test_resnet", "-s", str(tmp_path / "s"), "--workers", "0", "--json"]
-    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", silent_hub.url))
+    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", fs_silent_hub.url))
     assert got["rc"] == 0, err
-    assert silent_hub.connections == 1
+    assert fs_silent_hub.connections == 1

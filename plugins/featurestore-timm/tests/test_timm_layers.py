@@ -35,14 +35,14 @@ def rows_by_path(fs: FeatureStore, table: str) -> dict[Path, dict]:
     return {Path(r["uri"]).resolve(): r for r in fs.table(table).to_arrow().to_pylist()}
 
 
-def test_cnn_stage_globals_are_spatial_means_of_forward_intermediates(tiny_timm_resnet, images, store_path):
-    fs = FeatureStore(store_path)
-    s = fs.extract([images], backbone="timm:test_resnet", weights=str(tiny_timm_resnet), layers="3,0,-1", workers=0)
+def test_cnn_stage_globals_are_spatial_means_of_forward_intermediates(fs_tiny_timm_resnet, images, fs_store_path):
+    fs = FeatureStore(fs_store_path)
+    s = fs.extract([images], backbone="timm:test_resnet", weights=str(fs_tiny_timm_resnet), layers="3,0,-1", workers=0)
     assert s.ok and s.written == 3
     card = fs.card(s.table)
     assert card.layers == [3, 0, 4] and card.layer_dims == [192, 32, 96] and card.dim == 192 + 32 + 96
     assert card.output_spec["layer"]["unit"] == "stage (feature_info)"
-    model = reference_model("test_resnet", tiny_timm_resnet)
+    model = reference_model("test_resnet", fs_tiny_timm_resnet)
     for p, r in rows_by_path(fs, s.table).items():
         with torch.no_grad():
             maps = model.forward_intermediates(reference_pixels(model, p), indices=[0, 3, 4], intermediates_only=True)
@@ -51,15 +51,15 @@ def test_cnn_stage_globals_are_spatial_means_of_forward_intermediates(tiny_timm_
         np.testing.assert_allclose(np.asarray(r["cls"], np.float32), expected.numpy(), atol=1e-4)
 
 
-def test_cnn_last_stage_dense_equals_final_feature_map(tiny_timm_resnet, images, store_path):
+def test_cnn_last_stage_dense_equals_final_feature_map(fs_tiny_timm_resnet, images, fs_store_path):
     """One stage, dense: its feature map as tokens, with that stage's grid and stride in the layout."""
-    fs = FeatureStore(store_path)
-    s = fs.extract([images], backbone="timm:test_resnet", weights=str(tiny_timm_resnet), layers=[2], dense=True, workers=0)
+    fs = FeatureStore(fs_store_path)
+    s = fs.extract([images], backbone="timm:test_resnet", weights=str(fs_tiny_timm_resnet), layers=[2], dense=True, workers=0)
     card = fs.card(s.table)
     lay = card.token_layout
     assert (lay.grid_h, lay.grid_w, lay.patch_size) == (20, 20, 8)
     assert card.dim == 48 and card.patch_dim is None
-    model = reference_model("test_resnet", tiny_timm_resnet)
+    model = reference_model("test_resnet", fs_tiny_timm_resnet)
     for p, r in rows_by_path(fs, s.table).items():
         with torch.no_grad():
             [m] = model.forward_intermediates(reference_pixels(model, p), indices=[2], intermediates_only=True)
@@ -69,17 +69,17 @@ def test_cnn_last_stage_dense_equals_final_feature_map(tiny_timm_resnet, images,
         np.testing.assert_allclose(patches, tokens.half().float().numpy(), rtol=2**-10, atol=1e-3)
 
 
-def test_cnn_dense_with_stages_of_different_grids_is_refused(tiny_timm_resnet, images, store_path):
-    fs = FeatureStore(store_path)
+def test_cnn_dense_with_stages_of_different_grids_is_refused(fs_tiny_timm_resnet, images, fs_store_path):
+    fs = FeatureStore(fs_store_path)
     with pytest.raises(ConfigError) as info:
-        fs.extract([images], backbone="timm:test_resnet", weights=str(tiny_timm_resnet), layers="2,-1", dense=True, workers=0)
+        fs.extract([images], backbone="timm:test_resnet", weights=str(fs_tiny_timm_resnet), layers="2,-1", dense=True, workers=0)
     msg = str(info.value)
     assert "[2, 4]" in msg and "20x20" in msg and "5x5" in msg and "one stage per run" in msg and "--dense" in msg
-    assert not store_path.exists()  # refused before a store was created or anything registered
+    assert not fs_store_path.exists()  # refused before a store was created or anything registered
 
 
-def test_backbone_layer_widths_and_layouts(tiny_timm_resnet):
-    b = create_backbone("timm:test_resnet", weights=str(tiny_timm_resnet))
+def test_backbone_layer_widths_and_layouts(fs_tiny_timm_resnet):
+    b = create_backbone("timm:test_resnet", weights=str(fs_tiny_timm_resnet))
     assert b.num_layers == 5
     assert [b.feature_dim((i,)) for i in range(5)] == RESNET_WIDTHS
     assert [b.token_layout((i,)).grid_h for i in range(5)] == RESNET_GRIDS
@@ -88,14 +88,14 @@ def test_backbone_layer_widths_and_layouts(tiny_timm_resnet):
     assert b.feature_dim((1, 4)) == 32 + 96
 
 
-def test_vit_block_globals_are_normed_cls_tokens(tiny_timm_vit, images, store_path):
-    fs = FeatureStore(store_path)
-    s = fs.extract([images], backbone="timm:test_vit", weights=str(tiny_timm_vit), layers="last2", dense=True, workers=0)
+def test_vit_block_globals_are_normed_cls_tokens(fs_tiny_timm_vit, images, fs_store_path):
+    fs = FeatureStore(fs_store_path)
+    s = fs.extract([images], backbone="timm:test_vit", weights=str(fs_tiny_timm_vit), layers="last2", dense=True, workers=0)
     card = fs.card(s.table)
     assert card.layers == [4, 5] and card.dim == 128 and card.patch_dim is None
     lay = card.token_layout
     assert (lay.grid_h, lay.patch_size, lay.num_prefix_tokens) == (10, 16, 1)
-    model = reference_model("test_vit", tiny_timm_vit)
+    model = reference_model("test_vit", fs_tiny_timm_vit)
     for p, r in rows_by_path(fs, s.table).items():
         px = reference_pixels(model, p)
         with torch.no_grad():
@@ -109,9 +109,9 @@ def test_vit_block_globals_are_normed_cls_tokens(tiny_timm_vit, images, store_pa
         np.testing.assert_allclose(np.asarray(r["patches"], np.float32), patches.half().float().numpy(), rtol=2**-10, atol=1e-3)
 
 
-def test_layer_choice_is_in_the_hash_and_negative_indices_resolve(tiny_timm_resnet, images, store_path):
-    fs = FeatureStore(store_path)
-    w = str(tiny_timm_resnet)
+def test_layer_choice_is_in_the_hash_and_negative_indices_resolve(fs_tiny_timm_resnet, images, fs_store_path):
+    fs = FeatureStore(fs_store_path)
+    w = str(fs_tiny_timm_resnet)
     default = fs.extract([images], backbone="timm:test_resnet", weights=w, workers=0)
     last_neg = fs.extract([images], backbone="timm:test_resnet", weights=w, layers="-1", workers=0)
     last_abs = fs.extract([images], backbone="timm:test_resnet", weights=w, layers=[4], workers=0)
@@ -125,7 +125,7 @@ def test_layer_choice_is_in_the_hash_and_negative_indices_resolve(tiny_timm_resn
         np.testing.assert_allclose(a[k], b[k], atol=1e-5)
 
 
-def test_layers_out_of_range_name_the_model(tiny_timm_resnet, images, store_path):
+def test_layers_out_of_range_name_the_model(fs_tiny_timm_resnet, images, fs_store_path):
     with pytest.raises(ConfigError) as info:
-        FeatureStore(store_path).extract([images], backbone="timm:test_resnet", weights=str(tiny_timm_resnet), layers=[5], workers=0)
+        FeatureStore(fs_store_path).extract([images], backbone="timm:test_resnet", weights=str(fs_tiny_timm_resnet), layers=[5], workers=0)
     assert "timm:test_resnet" in str(info.value) and "5 blocks" in str(info.value)

@@ -24,8 +24,8 @@ SIZES = [(64, 48), (48, 64), (50, 50), (45, 40), (55, 40), (40, 55), (300, 170),
 
 
 @pytest.fixture(scope="module")
-def resnet(tiny_timm_resnet):
-    return create_backbone("timm:test_resnet", weights=str(tiny_timm_resnet))
+def resnet(fs_tiny_timm_resnet):
+    return create_backbone("timm:test_resnet", weights=str(fs_tiny_timm_resnet))
 
 
 def observed_crop_box(transform, img: Image.Image) -> tuple[float, float, float, float]:

@@ -74,7 +74,7 @@ def test_running_stats_are_hashed(tensors, tmp_path):
     assert card_of(a).weights_sha256 != card_of(b).weights_sha256
 
 
-def test_classifier_is_ignored(tensors, tmp_path, image_dir, store_path):
+def test_classifier_is_ignored(tensors, tmp_path, fs_image_dir, fs_store_path):
     """A checkpoint's classifier (fc) does not shape the features: other fc or none, same hash."""
     a, b, c = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
     save_file(tensors, str(a))
@@ -175,11 +175,11 @@ def test_export_directory_of_another_architecture(tmp_path):
         create_backbone(NAME, weights=str(d))
 
 
-def test_export_directory_sets_preprocessing(tmp_path, store_path):
+def test_export_directory_sets_preprocessing(tmp_path, fs_store_path):
     """A timm export directory's config.json (here a 64x64 input) is what preprocessing uses and hashes."""
     d = make_tiny_timm(tmp_path / "small", "test_resnet", fmt="dir", pretrained_cfg_overlay={"input_size": (3, 64, 64), "crop_pct": 1.0})
     write_images(tmp_path / "imgs", 2)
-    fs = FeatureStore(store_path)
+    fs = FeatureStore(fs_store_path)
     s = fs.extract([tmp_path / "imgs"], backbone=NAME, weights=str(d), dense=True, workers=0)
     card = fs.card(s.table)
     assert card.preprocessing["data_config"]["input_size"] == [3, 64, 64]

@@ -1,7 +1,11 @@
-"""pytest plugin: tiny random transformers models built from configs and saved to disk.
+"""Tiny random transformers models built from configs and saved to disk.
 
 Nothing is downloaded: each model is built from a small config with random weights,
 saved with ``save_pretrained`` and then loaded back through the plugin's real code.
+
+The fixtures (``fs_*``) are opt-in: ``pytest_plugins = ["featurestore_transformers.testing"]`` in a test
+suite's top-level ``conftest.py``. The unprefixed names still work for one release, with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from featurestore.testing import deprecated_fixture_alias
 
 KINDS = ("dinov2", "dinov2_reg", "vit", "vit_mae", "clip")
 
@@ -54,16 +60,21 @@ def make_tiny_model(directory: Path, kind: str = "dinov2", *, safe_serialization
 
 
 @pytest.fixture(scope="session")
-def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fs_tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of a tiny random DINOv2 (D=32, patch 14, 28x28 input: 2x2 patches)."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny_dinov2"), "dinov2")
 
 
 @pytest.fixture(scope="session")
-def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
+def fs_tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
     """``factory(kind, **kw) -> Path`` building any tiny model kind in a fresh directory."""
 
     def factory(kind: str, **kw) -> Path:
         return make_tiny_model(tmp_path_factory.mktemp(f"tiny_{kind}"), kind, **kw)
 
     return factory
+
+
+# the names before the fs_ prefix, for one release
+_tiny_dinov2 = deprecated_fixture_alias("tiny_dinov2", "fs_tiny_dinov2", scope="session")
+_tiny_model_factory = deprecated_fixture_alias("tiny_model_factory", "fs_tiny_model_factory", scope="session")

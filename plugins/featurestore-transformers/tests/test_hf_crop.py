@@ -18,7 +18,7 @@ from featurestore.testing import smooth_image
 from featurestore_transformers.backbone import HFPreprocessor
 
 
-def test_dinov2_crop_box_of_a_64x48_image_is_the_analytic_one(tiny_dinov2, tmp_path, store_path):
+def test_dinov2_crop_box_of_a_64x48_image_is_the_analytic_one(fs_tiny_dinov2, tmp_path, fs_store_path):
     """Tiny DINOv2 processor: resize shortest_edge 32 (bicubic), center crop 28x28.
 
     64x48 (w x h): the short side h=48 becomes 32; the long side w becomes
@@ -31,8 +31,8 @@ def test_dinov2_crop_box_of_a_64x48_image_is_the_analytic_one(tiny_dinov2, tmp_p
     img_dir = tmp_path / "one"
     img_dir.mkdir()
     Image.fromarray(smooth_image(64, 48, seed=7)).save(img_dir / "a.png")
-    s = FeatureStore(store_path).extract([img_dir], backbone=f"hf:{tiny_dinov2}", workers=0)
-    [row] = FeatureStore(store_path).table(s.table).to_arrow().to_pylist()
+    s = FeatureStore(fs_store_path).extract([img_dir], backbone=f"hf:{fs_tiny_dinov2}", workers=0)
+    [row] = FeatureStore(fs_store_path).table(s.table).to_arrow().to_pylist()
     assert (row["width"], row["height"]) == (64, 48)
     expected = (7 * 64 / 42, 2 * 48 / 32, 35 * 64 / 42, 30 * 48 / 32)
     np.testing.assert_allclose(row["crop_box"], expected, rtol=1e-6)
@@ -68,10 +68,10 @@ SIZES = [(64, 48), (53, 48), (48, 64), (35, 32), (30, 40), (28, 28), (100, 29), 
 
 
 @pytest.mark.parametrize("kind", ["dinov2", "clip", "vit"])
-def test_crop_box_matches_what_the_processor_does(kind, tiny_model_factory):
+def test_crop_box_matches_what_the_processor_does(kind, fs_tiny_model_factory):
     from transformers import AutoImageProcessor
 
-    d = tiny_model_factory(kind)
+    d = fs_tiny_model_factory(kind)
     proc = AutoImageProcessor.from_pretrained(d)
     pre = HFPreprocessor(proc)
     for i, (w, h) in enumerate(SIZES):
@@ -86,7 +86,7 @@ def test_crop_box_matches_what_the_processor_does(kind, tiny_model_factory):
             assert out.crop_box == (0.0, 0.0, float(w), float(h))
 
 
-def test_crop_box_is_stored_per_image(tiny_dinov2, tmp_path, store_path):
+def test_crop_box_is_stored_per_image(fs_tiny_dinov2, tmp_path, fs_store_path):
     """Through the store: each row's crop_box is its own image's (53x48 has an odd offset)."""
     from transformers import AutoImageProcessor
 
@@ -96,9 +96,9 @@ def test_crop_box_is_stored_per_image(tiny_dinov2, tmp_path, store_path):
     for i, (w, h) in enumerate([(53, 48), (48, 64), (35, 32)]):
         paths[(w, h)] = img_dir / f"{w}x{h}.jpg"
         Image.fromarray(smooth_image(w, h, seed=30 + i)).save(paths[(w, h)], quality=95)
-    s = FeatureStore(store_path).extract([img_dir], backbone=f"hf:{tiny_dinov2}", workers=0)
-    proc = AutoImageProcessor.from_pretrained(tiny_dinov2)
-    rows = {Path(r["uri"]).name: r for r in FeatureStore(store_path).table(s.table).to_arrow().to_pylist()}
+    s = FeatureStore(fs_store_path).extract([img_dir], backbone=f"hf:{fs_tiny_dinov2}", workers=0)
+    proc = AutoImageProcessor.from_pretrained(fs_tiny_dinov2)
+    rows = {Path(r["uri"]).name: r for r in FeatureStore(fs_store_path).table(s.table).to_arrow().to_pylist()}
     assert len(rows) == 3
     for (w, h), p in paths.items():
         r = rows[p.name]

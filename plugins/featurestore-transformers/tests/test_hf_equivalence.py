@@ -46,8 +46,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tiny_model_factory) -> dict[str, Path]:
-    return {kind: tiny_model_factory(kind, seed=1) for kind in KINDS}
+def model_dirs(fs_tiny_model_factory) -> dict[str, Path]:
+    return {kind: fs_tiny_model_factory(kind, seed=1) for kind in KINDS}
 
 
 def _files(d: Path) -> list[Path]:
@@ -78,9 +78,9 @@ def reference_hidden(model, proc, kind: str, path: Path, noise: torch.Tensor | N
         return model(pixel_values=px, **kwargs).last_hidden_state[0]
 
 
-def read_rows(store_path: Path, table: str) -> dict[str, dict]:
+def read_rows(fs_store_path: Path, table: str) -> dict[str, dict]:
     """Rows of a feature table keyed by resolved file path, with numpy arrays."""
-    fs = FeatureStore(store_path)
+    fs = FeatureStore(fs_store_path)
     out = {}
     for r in fs.table(table).to_arrow().to_pylist():
         r["cls"] = np.asarray(r["cls"], np.float32)
@@ -104,9 +104,9 @@ def assert_patches_match(stored: np.ndarray, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_stored_features_equal_transformers_forward(kind, model_dirs, images, store_path):
+def test_stored_features_equal_transformers_forward(kind, model_dirs, images, fs_store_path):
     d = model_dirs[kind]
-    fs = FeatureStore(store_path)
+    fs = FeatureStore(fs_store_path)
     summary = fs.extract([images], backbone=f"hf:{d}", dense=True, workers=0, batch_size=4)
     files = _files(images)
     assert (summary.inputs, summary.written, summary.errors, summary.ok) == (len(files), len(files), 0, True)
@@ -124,7 +124,7 @@ def test_stored_features_equal_transformers_forward(kind, model_dirs, images, st
     assert card.weights_source == str(d.resolve())
     assert card.output_spec["patches"] == f"last_hidden_state[:, {1 + regs}:]"
 
-    rows = read_rows(store_path, summary.table)
+    rows = read_rows(fs_store_path, summary.table)
     assert set(rows) == {str(p.resolve()) for p in files}
     model, proc = load_reference(d, kind)
     for p in files:
@@ -147,7 +147,7 @@ def test_stored_features_equal_transformers_forward(kind, model_dirs, images, st
                 assert not np.any(np.all(np.abs(reg_tokens - tok) < 1e-2, axis=1))
 
 
-def test_mae_patches_are_in_raster_order_not_random(model_dirs, images, store_path):
+def test_mae_patches_are_in_raster_order_not_random(model_dirs, images, fs_store_path):
     """Without the plugin's identity noise, ViTMAE shuffles the patch tokens at random.
 
     This shows the equivalence test above would catch a plugin that forgot the noise:
@@ -155,8 +155,8 @@ def test_mae_patches_are_in_raster_order_not_random(model_dirs, images, store_pa
     patches in another order, so they differ from what is stored.
     """
     d = model_dirs["vit_mae"]
-    summary = FeatureStore(store_path).extract([images], backbone=f"hf:{d}", dense=True, workers=0)
-    rows = read_rows(store_path, summary.table)
+    summary = FeatureStore(fs_store_path).extract([images], backbone=f"hf:{d}", dense=True, workers=0)
+    rows = read_rows(fs_store_path, summary.table)
     model, proc = load_reference(d, "vit_mae")
     p = _files(images)[0]
     stored = rows[str(p.resolve())]["patches"].astype(np.float32)

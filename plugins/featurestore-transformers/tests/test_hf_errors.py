@@ -37,8 +37,8 @@ def test_missing_directory_as_weights_of_named_backbone(tmp_path):
     assert "hf download facebook/dinov2-small" in msg  # where to get the real weights
 
 
-def test_directory_without_config_json(tiny_model_factory, tmp_path):
-    d = shutil.copytree(tiny_model_factory("dinov2"), tmp_path / "no_config")
+def test_directory_without_config_json(fs_tiny_model_factory, tmp_path):
+    d = shutil.copytree(fs_tiny_model_factory("dinov2"), tmp_path / "no_config")
     (d / "config.json").unlink()
     with pytest.raises(WeightsNotFoundError) as info:
         create_backbone(f"hf:{d}")
@@ -46,8 +46,8 @@ def test_directory_without_config_json(tiny_model_factory, tmp_path):
     assert str(d.resolve()) in msg and "config.json" in msg and "--weights" in msg
 
 
-def test_directory_without_weight_files(tiny_model_factory, tmp_path):
-    d = shutil.copytree(tiny_model_factory("dinov2"), tmp_path / "no_weights")
+def test_directory_without_weight_files(fs_tiny_model_factory, tmp_path):
+    d = shutil.copytree(fs_tiny_model_factory("dinov2"), tmp_path / "no_weights")
     (d / "model.safetensors").unlink()
     with pytest.raises(WeightsNotFoundError) as info:
         create_backbone(f"hf:{d}")
@@ -74,8 +74,8 @@ def test_siglip_has_no_cls_token(tmp_path):
     assert "open_clip" in msg
 
 
-def test_named_backbone_with_weights_of_another_width(tiny_model_factory):
-    d = tiny_model_factory("dinov2", hidden=32)
+def test_named_backbone_with_weights_of_another_width(fs_tiny_model_factory):
+    d = fs_tiny_model_factory("dinov2", hidden=32)
     with pytest.raises(UnsupportedModelError) as info:
         create_backbone("dinov2_vits14", weights=str(d))
     msg = str(info.value)

@@ -25,8 +25,8 @@ def card(d: Path, *, dense: bool = False, name: str = "x"):
 
 
 @pytest.fixture(scope="module")
-def st_dir(tiny_model_factory) -> Path:
-    return tiny_model_factory("dinov2", seed=3)
+def st_dir(fs_tiny_model_factory) -> Path:
+    return fs_tiny_model_factory("dinov2", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +34,12 @@ def base_card(st_dir):
     return card(st_dir)
 
 
-def test_bin_checkpoint_is_really_a_pickle_and_loads(tiny_model_factory, st_dir):
+def test_bin_checkpoint_is_really_a_pickle_and_loads(fs_tiny_model_factory, st_dir):
     """safe_serialization=False gives pytorch_model.bin (transformers 5 alone would still
     write safetensors), and transformers loads it to the very same tensors."""
     from transformers import AutoModel
 
-    bin_dir = tiny_model_factory("dinov2", seed=3, safe_serialization=False)
+    bin_dir = fs_tiny_model_factory("dinov2", seed=3, safe_serialization=False)
     assert (bin_dir / "pytorch_model.bin").is_file()
     assert not list(bin_dir.glob("*.safetensors"))
     assert (bin_dir / "pytorch_model.bin").read_bytes()[:2] == b"PK"  # torch.save's zip format
@@ -49,8 +49,8 @@ def test_bin_checkpoint_is_really_a_pickle_and_loads(tiny_model_factory, st_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_same_tensors_same_hash_across_format_and_directory(tiny_model_factory, st_dir, base_card, tmp_path):
-    bin_dir = tiny_model_factory("dinov2", seed=3, safe_serialization=False)
+def test_same_tensors_same_hash_across_format_and_directory(fs_tiny_model_factory, st_dir, base_card, tmp_path):
+    bin_dir = fs_tiny_model_factory("dinov2", seed=3, safe_serialization=False)
     copy_dir = shutil.copytree(st_dir, tmp_path / "somewhere" / "else")
     for d in (bin_dir, copy_dir):
         c = card(d)
@@ -66,8 +66,8 @@ def test_backbone_name_is_not_hashed(st_dir, base_card):
     assert other.table != base_card.table  # the table name carries the backbone slug
 
 
-def test_other_seed_other_weights(tiny_model_factory, base_card):
-    c = card(tiny_model_factory("dinov2", seed=4))
+def test_other_seed_other_weights(fs_tiny_model_factory, base_card):
+    c = card(fs_tiny_model_factory("dinov2", seed=4))
     assert c.weights_sha256 != base_card.weights_sha256
     assert c.model_hash != base_card.model_hash
 
@@ -110,9 +110,9 @@ def test_dense_changes_model_hash_not_weights(st_dir, base_card):
     assert base_card.output_spec["patches"] is None
 
 
-def test_registers_change_output_spec(tiny_model_factory):
+def test_registers_change_output_spec(fs_tiny_model_factory):
     """DINOv2 with registers slices patches after 1 + 4 prefix tokens, and says so."""
-    c = card(tiny_model_factory("dinov2_reg", seed=3), dense=True)
+    c = card(fs_tiny_model_factory("dinov2_reg", seed=3), dense=True)
     assert c.output_spec["patches"] == "last_hidden_state[:, 5:]"
     assert c.token_layout.num_register_tokens == 4
 

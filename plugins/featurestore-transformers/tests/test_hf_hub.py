@@ -45,14 +45,14 @@ def test_real_dinov2_vits14_from_the_hub(tmp_path):
         np.testing.assert_allclose(patches, hidden[1:].half().float().numpy(), rtol=2**-9, atol=2e-3)
 
 
-def test_unreachable_hub_named_backbone_fails_before_importing_torch(tmp_path, silent_hub):
+def test_unreachable_hub_named_backbone_fails_before_importing_torch(tmp_path, fs_silent_hub):
     """A hub that accepts connections and never answers, an empty cache: the fix, after one probe."""
     from featurestore.testing import hub_env, run_cli_fresh
 
     write_images(tmp_path / "img", 1)
     args = ["extract", str(tmp_path / "img"), "-b", "dinov2_vits14", "-s", str(tmp_path / "s")]
-    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", silent_hub.url))
+    got, err = run_cli_fresh(args, hub_env(tmp_path / "hf-cache", fs_silent_hub.url))
     assert (got["rc"], got["imported"]) == (2, []), err
     assert "backbone 'dinov2_vits14' needs 'facebook/dinov2-small'" in err and "did not answer" in err
     assert "--weights DIR" in err and "HF_HUB_OFFLINE=1" in err
-    assert silent_hub.connections == 1
+    assert fs_silent_hub.connections == 1

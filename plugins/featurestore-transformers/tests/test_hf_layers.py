@@ -51,8 +51,8 @@ def _rows(fs: FeatureStore, table: str) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("kind", ["dinov2_reg", "clip"])
-def test_layers_store_normed_block_outputs_concatenated(kind, tiny_model_factory, images, tmp_path):
-    model_dir = tiny_model_factory(kind, seed=4)
+def test_layers_store_normed_block_outputs_concatenated(kind, fs_tiny_model_factory, images, tmp_path):
+    model_dir = fs_tiny_model_factory(kind, seed=4)
     fs = FeatureStore(tmp_path / "s")
     s = fs.extract([images], backbone=f"hf:{model_dir}", layers="-2,-1", dense=True, workers=0)
     assert s.ok and s.written == 3
@@ -68,8 +68,8 @@ def test_layers_store_normed_block_outputs_concatenated(kind, tiny_model_factory
         np.testing.assert_allclose(stored, patches.astype(np.float16).astype(np.float32), atol=2e-3, rtol=1e-3)
 
 
-def test_last_block_equals_default_output_but_is_its_own_table(tiny_model_factory, images, tmp_path):
-    model_dir = tiny_model_factory("dinov2", seed=5)
+def test_last_block_equals_default_output_but_is_its_own_table(fs_tiny_model_factory, images, tmp_path):
+    model_dir = fs_tiny_model_factory("dinov2", seed=5)
     fs = FeatureStore(tmp_path / "s")
     default = fs.extract([images], backbone=f"hf:{model_dir}", workers=0)
     last = fs.extract([images], backbone=f"hf:{model_dir}", layers=[-1], workers=0)
@@ -79,8 +79,8 @@ def test_last_block_equals_default_output_but_is_its_own_table(tiny_model_factor
         np.testing.assert_allclose(a[name]["cls"], b[name]["cls"], atol=1e-6)
 
 
-def test_negative_and_absolute_indices_are_one_model(tiny_model_factory, images, tmp_path):
-    model_dir = tiny_model_factory("vit", seed=6)
+def test_negative_and_absolute_indices_are_one_model(fs_tiny_model_factory, images, tmp_path):
+    model_dir = fs_tiny_model_factory("vit", seed=6)
     fs = FeatureStore(tmp_path / "s")
     first = fs.extract([images], backbone=f"hf:{model_dir}", layers="last2", workers=0)
     again = fs.extract([images], backbone=f"hf:{model_dir}", layers="0,1", workers=0)
@@ -93,8 +93,8 @@ def test_negative_and_absolute_indices_are_one_model(tiny_model_factory, images,
     "spec, needle",
     [("2", "has 2 blocks"), ("-3", "has 2 blocks"), ("1,-1", "named twice"), ("top", "not a list of block indices"), ("last0", "N >= 1")],
 )
-def test_bad_layers_exit_2_with_the_fix(spec, needle, tiny_model_factory, images, tmp_path, capsys):
-    model_dir = tiny_model_factory("dinov2", seed=7)
+def test_bad_layers_exit_2_with_the_fix(spec, needle, fs_tiny_model_factory, images, tmp_path, capsys):
+    model_dir = fs_tiny_model_factory("dinov2", seed=7)
     rc = main(["extract", str(images), "-b", f"hf:{model_dir}", "-s", str(tmp_path / "s"), "--workers", "0", f"--layers={spec}"])
     assert rc == 2
     assert needle in capsys.readouterr().err
