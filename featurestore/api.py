@@ -47,7 +47,7 @@ def resolve_device(device: str) -> Any:
 class FeatureStore:
     """A feature store in a LanceDB directory.
 
-    Example:
+    Examples:
         >>> fs = FeatureStore("features.lance")
         >>> summary = fs.extract(["images/"], backbone="dinov2_vits14", dense=True)
         >>> fs.models()[0]["rows"]

@@ -185,7 +185,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def backbones_markdown(items: Sequence[dict[str, Any]]) -> str:
-    """The README's Backbones table, from the live registry."""
+    """The Backbones table of docs/guide/backbones.md, from the live registry."""
     lines = ["| name | dim | token layout | source | plugin |", "|---|---|---|---|---|"]
     for b in items:
         cells = [f"`{b['name']}`", str(b.get("dim") or "model's"), b.get("layout") or "", b.get("source") or "", b["plugin"]]
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb = sub.add_parser("backbones", help="list registered backbones")
     bb.add_argument("pattern", nargs="?", help="shell pattern, e.g. 'dinov2_*'")
     bb.add_argument("--json", action="store_true")
-    bb.add_argument("--markdown", action="store_true", help="print the Markdown table the README shows")
+    bb.add_argument("--markdown", action="store_true", help="print the Markdown table the documentation shows (docs/guide/backbones.md)")
     bb.set_defaults(func=cmd_backbones)
     return p
 
