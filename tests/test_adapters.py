@@ -208,6 +208,7 @@ def test_search_on_an_adapted_table(store):
 # -- integer codes ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a DataLoader worker process
 def test_int8_codes_are_stored_decoded_on_read_and_searched(store):
     path, data = store
     fs = FeatureStore(path)

@@ -40,6 +40,7 @@ def _uncached(capsys, monkeypatch, *args) -> object:
         return _json(capsys, *args)
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_catalog_commands_import_no_model_library(store):
     path, table = store
     env = dict(os.environ, FEATURESTORE_CATALOG_CACHE="0")  # the LanceDB path itself: no torch either
@@ -51,6 +52,7 @@ def test_catalog_commands_import_no_model_library(store):
         assert (got["rc"], got["imported"]) == (0, []), (args, err)
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_a_second_read_uses_the_cache_and_imports_no_lancedb(store):
     path, table = store
     before = {p.name for p in path.iterdir()}  # tables, and the writers' lock files
@@ -142,6 +144,7 @@ def test_errors_are_not_cached(store):
     assert calls == [1, 1]
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_extract_leaves_models_and_errors_answered(tmp_path, fs_tiny_dinov2):
     write_images(tmp_path / "a", 2)
     path = tmp_path / "store.lance"

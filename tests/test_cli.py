@@ -11,6 +11,8 @@ import pytest
 
 from featurestore.testing import write_images
 
+pytestmark = pytest.mark.slow  # the console script in subprocesses
+
 EXE = [sys.executable, "-m", "featurestore.cli"]
 
 

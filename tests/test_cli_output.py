@@ -76,6 +76,7 @@ def test_error_lines_render_our_style_and_print_data_verbatim(fs_tiny_dinov2, tm
 # -- library noise: hidden unless -v -------------------------------------------------------------
 
 
+@pytest.mark.slow  # subprocesses
 def test_library_warnings_are_hidden_unless_verbose(fs_tiny_dinov2, tmp_path):
     write_images(tmp_path / "img", 4)
     store = tmp_path / "s"
@@ -109,6 +110,7 @@ def test_main_in_process_leaves_the_environment_as_it_was(capsys, monkeypatch):
 # -- python -m featurestore ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess
 def test_python_dash_m_featurestore():
     from featurestore import __version__
 
@@ -225,6 +227,7 @@ def test_id_prefix_below_the_minimum_says_so(fs_tiny_dinov2, tmp_path, capsys):
 # -- FEATURESTORE_PLUGINS typos -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # subprocesses
 def test_plugin_env_names_matching_no_installed_plugin_are_reported():
     typo = "FEATURESTORE_PLUGINS names 'featurestore-transfomers', which matches no installed plugin; installed: "
     env = {"FEATURESTORE_PLUGINS": "transformers,featurestore-transfomers", "FEATURESTORE_DISABLE_PLUGINS": ""}

@@ -2,12 +2,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import featurestore
 
 CORE = sorted(p.stem for p in Path(featurestore.__file__).parent.glob("*.py") if p.stem not in ("__init__", "__main__"))
 MODEL_LIBS = ("transformers", "open_clip", "timm", "torchvision")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_core_modules_import_no_model_library():
     code = (
         "import sys, importlib\n"

@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from featurestore import FeatureStore
@@ -127,6 +128,7 @@ def test_image_modes_are_converted(fs_tiny_dinov2, fs_store_path, tmp_path):
     assert (s.written, s.errors) == (6, 0), s.error_samples
 
 
+@pytest.mark.slow  # forkserver workers
 def test_forkserver_workers_match_in_process(fs_tiny_dinov2, fs_image_dir, tmp_path):
     a = _extract(tmp_path / "a", [fs_image_dir], fs_tiny_dinov2, workers=0)
     b = _extract(tmp_path / "b", [fs_image_dir], fs_tiny_dinov2, workers=2)

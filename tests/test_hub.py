@@ -131,6 +131,7 @@ def test_wildcard_matches_any_tag(online_env, tmp_path):
 # -- through the CLI, in a fresh process: what it imports, how often it calls --------------
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_cli_uncached_hub_model_fails_before_importing_torch(tmp_path, fs_silent_hub):
     write_images(tmp_path / "img", 1)
     args = ["extract", str(tmp_path / "img"), "-b", "hf:acme/nowhere", "-s", str(tmp_path / "s")]
@@ -140,6 +141,7 @@ def test_cli_uncached_hub_model_fails_before_importing_torch(tmp_path, fs_silent
     assert fs_silent_hub.connections == 1  # the probe; no library request, no retry
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_cli_cached_hub_model_loads_with_the_hub_silent(tmp_path, fs_silent_hub, fs_tiny_dinov2):
     write_images(tmp_path / "img", 2)
     put_in_hub_cache(tmp_path / "hf-cache", "acme/tiny-dinov2", fs_tiny_dinov2)

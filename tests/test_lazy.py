@@ -7,6 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # fresh interpreters
+
 SCRIPT = """
 import json, sys
 from featurestore.lazy import REST_CLIENT, import_lancedb

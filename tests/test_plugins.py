@@ -435,6 +435,7 @@ def test_duplicate_name_across_distributions(site):
     assert host.backbones.get("shared_net").plugin == "fs-dup-a"
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_duplicate_name_shown_by_cli(site):
     site.install_all(DUP_A, DUP_B)
     out = json.loads(run_cli(site, "plugins", "--json").stdout)
@@ -499,6 +500,7 @@ def test_blocking_a_broken_plugin_silences_it(site):
     assert (rec.status, rec.errors) == ("disabled", [])
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_env_vars_reach_the_cli(site):
     site.install_all(GOOD)
     p = run_cli(site, "plugins", "--json", **{ENV_BLOCK: "featurestore-transformers"})
@@ -554,6 +556,7 @@ def test_create_backbone_unknown_name(site):
 # -- CLI -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_plugins_json(site):
     site.install_all(GOOD, BROKEN_IMPORT, HOOK_RAISES)
     allow = "good,broken_import,hook_raises,transformers"  # leave other installed plugins out of the picture
@@ -578,6 +581,7 @@ def test_cli_plugins_json(site):
     assert "fs-broken-import" in human and "failed" in human
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_backbones_json(site):
     site.install_all(GOOD)
     items = json.loads(run_cli(site, "backbones", "--json").stdout)

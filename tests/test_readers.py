@@ -247,6 +247,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a writer in another process
 def test_pinned_reader_keeps_its_version_while_another_process_appends(tmp_path):
     path = tmp_path / "s"
     src = _synthetic(path, n=64, batch=32)
@@ -286,6 +287,7 @@ def test_pickles_without_handles_and_reopens_per_process(synth):
         copy[0]
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_dataloader_workers_give_the_same_batches(synth):
     path, _ = synth
     ds = FeatureDataset(path, "toy", columns=["cls", "patches"], where="video_id IS NULL")
@@ -303,6 +305,7 @@ def test_dataloader_workers_give_the_same_batches(synth):
             assert a["patches"].shape[1:] == (TOKENS, DIM) and a["grid"].tolist() == [[2, 3]] * len(a["id"])
 
 
+@pytest.mark.slow  # DataLoader worker processes
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork start method on this platform")
 def test_forked_dataloader_workers_are_refused_with_the_fix(synth):
     # LanceDB's runtime threads do not survive fork(): a forked worker can segfault or hang,

@@ -16,8 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow  # pytest in subprocesses
-
 
 def _run_pytest(suite: Path) -> subprocess.CompletedProcess[str]:
     # An environment installed before the fixtures became opt-in still declares the old
@@ -42,6 +40,7 @@ def test_no_distribution_declares_a_pytest11_entry_point():
         assert "pytest11" not in pyproject.read_text(encoding="utf-8"), pyproject
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_without_opting_in_a_suite_has_no_featurestore_fixture(tmp_path: Path):
     suite = _suite(
         tmp_path,
@@ -60,6 +59,7 @@ def test_without_opting_in_a_suite_has_no_featurestore_fixture(tmp_path: Path):
     assert "fixture 'fs_image_dir' not found" in out.stdout and "fixture 'image_dir' not found" in out.stdout
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_opting_in_gives_the_fs_fixtures_and_old_names_warn(tmp_path: Path):
     suite = _suite(
         tmp_path,

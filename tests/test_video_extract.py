@@ -35,6 +35,7 @@ def _rows(fs: FeatureStore, table: str) -> list[dict]:
     return fs.table(table).to_arrow().to_pylist()
 
 
+@pytest.mark.slow  # forkserver workers
 def test_frames_and_images_share_the_model_table(media, fs_tiny_dinov2, tmp_path):
     fs = FeatureStore(tmp_path / "s")
     s = fs.extract([media], backbone=f"hf:{fs_tiny_dinov2}", sample="uniform:4", workers=2, batch_size=3)
@@ -80,6 +81,7 @@ def test_rerun_adds_nothing_and_another_sampling_adds_only_new_frames(media, fs_
     assert len(rows) == len({r["id"] for r in rows}) == 6
 
 
+@pytest.mark.slow  # a forkserver worker
 def test_bad_videos_are_errors_and_good_frames_are_kept(media, fs_tiny_dinov2, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

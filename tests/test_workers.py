@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from featurestore.testing import write_images
+
+pytestmark = pytest.mark.slow  # forkserver processes
 
 # A backbone registered with worker_preload=["fs_marker"]: its factory waits until the module
 # fs_marker has been imported by another process (the forkserver), which it can only see if

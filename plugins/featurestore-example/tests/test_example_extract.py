@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -27,6 +28,7 @@ def extract(capsys, *args: str) -> tuple[int, dict, str]:
     return rc, json.loads(out.out), out.err
 
 
+@pytest.mark.slow  # a forkserver worker
 def test_extract_stores_the_modules_own_features(fs_image_dir, fs_store_path, example_weights, capsys):
     rc, summary, err = extract(
         capsys, str(fs_image_dir), "--weights", str(example_weights), "--store", str(fs_store_path),

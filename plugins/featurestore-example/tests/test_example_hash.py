@@ -59,6 +59,7 @@ def test_dense_is_another_model(base, example_weights):
     assert card(example_weights, dense=True).model_hash != base.model_hash
 
 
+@pytest.mark.slow  # subprocesses
 def test_make_weights_cli_is_seeded(tmp_path):
     def make(out, seed):
         cmd = [sys.executable, "-m", "featurestore_example.make_weights", str(out), "--seed", str(seed)]

@@ -120,6 +120,7 @@ def test_crop_box_is_the_region_the_model_sees(models, tmp_path):
     assert squash(img).crop_box == (0.0, 0.0, 64.0, 32.0)
 
 
+@pytest.mark.slow  # a forkserver worker
 def test_cli_extract_with_workers(models, images, tmp_path, capsys):
     """The preprocessor is pickled into a worker process; results equal the in-process run."""
     backbone = f"open_clip:local-dir:{models['clip']}"

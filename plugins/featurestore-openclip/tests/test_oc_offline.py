@@ -3,6 +3,8 @@ named backbones fail at once with the fix; cached hub models load from the cache
 
 from __future__ import annotations
 
+import pytest
+
 from featurestore.testing import hub_env, put_in_hub_cache, run_cli_fresh, write_images
 
 
@@ -16,6 +18,7 @@ def test_unreachable_hub_named_backbone_fails_before_importing_open_clip(tmp_pat
     assert fs_silent_hub.connections == 1
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_unreachable_hub_loads_a_cached_hf_hub_model(tmp_path, fs_silent_hub, fs_tiny_openclip):
     put_in_hub_cache(tmp_path / "hf-cache", "acme/tiny-clip", fs_tiny_openclip)
     write_images(tmp_path / "img", 2)

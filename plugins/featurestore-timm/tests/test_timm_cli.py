@@ -16,6 +16,7 @@ from featurestore_timm.plugin import NAMED
 from featurestore_timm.testing import reference_model, reference_pixels
 
 
+@pytest.mark.slow  # a forkserver worker
 def test_cli_extract_with_a_worker_process(fs_tiny_timm_resnet, fs_image_dir, fs_store_path, capsys):
     """--workers 1: the preprocessor is pickled into a forkserver worker and runs timm's transform there."""
     argv = ["extract", str(fs_image_dir), "--backbone", "timm:test_resnet", "--weights", str(fs_tiny_timm_resnet)]

@@ -54,6 +54,7 @@ else:
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_offline_without_cache_is_weights_not_found(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
     env["TORCH_HOME"] = str(tmp_path / "torch")
@@ -68,6 +69,7 @@ def test_offline_without_cache_is_weights_not_found(tmp_path):
 # -- hub unreachable: a loopback server that accepts connections and never answers ---------
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize("backbone, repo", [("resnet50", "'timm/resnet50.a1_in1k'"), ("timm:resnet18", "'timm/resnet18.<tag>'")])
 def test_unreachable_hub_fails_before_importing_timm(backbone, repo, tmp_path, fs_silent_hub):
     from featurestore.testing import hub_env, run_cli_fresh
@@ -80,6 +82,7 @@ def test_unreachable_hub_fails_before_importing_timm(backbone, repo, tmp_path, f
     assert fs_silent_hub.connections == 1  # one probe, no library request
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_unreachable_hub_loads_cached_weights(tmp_path, fs_silent_hub):
     """timm's own hub path (create_model(pretrained=True)) reads the cache, with no request."""
     from featurestore.testing import hub_env, put_in_hub_cache, run_cli_fresh

@@ -174,6 +174,7 @@ def test_mae_patches_are_in_raster_order_not_random(model_dirs, images, fs_store
     np.testing.assert_allclose(rows[str(p.resolve())]["cls"], shuffled[0].numpy(), atol=1e-4)
 
 
+@pytest.mark.slow  # forkserver workers
 def test_worker_processes_give_identical_rows(model_dirs, images, tmp_path):
     """workers=2 (DataLoader worker processes via forkserver) == workers=0, bit for bit."""
     d = model_dirs["dinov2_reg"]

@@ -128,6 +128,7 @@ def _cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 12
     return subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_unknown_backbone_exits_2_and_lists_names(tmp_path):
     write_images(tmp_path / "imgdir", 1)
     res = _cli(["extract", str(tmp_path / "imgdir"), "--backbone", "nope", "--store", str(tmp_path / "s")])
@@ -137,6 +138,7 @@ def test_cli_unknown_backbone_exits_2_and_lists_names(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_offline_named_backbone_exits_2_with_fix(tmp_path):
     """HF_HUB_OFFLINE=1 and an empty HF_HOME, as a user would set them: a quick, clear failure."""
     write_images(tmp_path / "imgdir", 1)

@@ -45,6 +45,7 @@ def test_real_dinov2_vits14_from_the_hub(tmp_path):
         np.testing.assert_allclose(patches, hidden[1:].half().float().numpy(), rtol=2**-9, atol=2e-3)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_unreachable_hub_named_backbone_fails_before_importing_torch(tmp_path, fs_silent_hub):
     """A hub that accepts connections and never answers, an empty cache: the fix, after one probe."""
     from featurestore.testing import hub_env, run_cli_fresh
