@@ -69,6 +69,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         tag_run=not args.no_tag,
         commit_rows=args.commit_every_rows,
         commit_seconds=args.commit_every_seconds,
+        rehash=args.rehash,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -300,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--commit-every-seconds", type=float, default=2.0, metavar="S",
         help="commit once the oldest new row has waited S seconds (default 2: a kill loses about that much work)",
+    )
+    e.add_argument(
+        "--rehash", action="store_true",
+        help="read and hash every input file (default: stored files whose path, size, mtime and inode are unchanged are not read)",
     )
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
