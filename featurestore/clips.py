@@ -380,6 +380,7 @@ def clip_tables(store: Store) -> list[dict[str, Any]]:
         return []
     names = set(store.table_names())
     out = []
+    # the whole catalog, in memory: one row per clip table (bounded by the tables, not the clips)
     for r in store.db.open_table(CLIPS_CATALOG).to_arrow().sort_by("created_at").to_pylist():
         r["spec"] = json.loads(r["spec"])
         r["rows"] = store.db.open_table(r["table"]).count_rows() if r["table"] in names else 0

@@ -296,6 +296,7 @@ class Store:
     def cards(self) -> list[ModelCard]:
         if MODELS_TABLE not in self.table_names():
             return []
+        # the whole catalog, in memory: one row per model (bounded by the models, not the images)
         rows = self.db.open_table(MODELS_TABLE).to_arrow().sort_by("created_at").to_pylist()
         return [ModelCard.model_validate_json(r["card"]) for r in rows]
 

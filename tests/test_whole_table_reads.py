@@ -319,3 +319,30 @@ def test_clip_aggregation_of_given_videos_reads_only_them(monkeypatch, tmp_path)
     assert res.videos == 2 and sorted(r["video_id"] for r in rows) == ["a", "c"]
     by = {r["video_id"]: r for r in rows}
     assert by["a"]["n_frames"] == 4 and by["c"]["frame_ids"] == [content_id("c", t) for t in range(3)]
+
+
+# -- verify's sample ----------------------------------------------------------------------
+
+
+def test_verify_samples_the_rows_a_dataset_would_without_holding_the_ids(monkeypatch, tmp_path):
+    from featurestore import verify
+
+    table, _ = _feature_table(tmp_path / "s", 300, dense=False)
+    table.delete("width < 20")  # gaps in the row ids
+    rows = table.count_rows()
+    # FeatureDataset (which verify sampled from before) orders the rows by row id
+    scan = table.search().select(["id"]).with_row_id(True).limit(None).to_arrow()
+    order = np.argsort(scan.column("_rowid").to_numpy())
+    every, ids = scan.column("_rowid").to_numpy()[order], np.array(scan.column("id").to_pylist())[order]
+    monkeypatch.setattr(verify, "_SCAN", 7)  # batches of 7 row ids
+    for seed, sample in ((0, 32), (1, 5), (2, 1000)):
+        pick = np.sort(np.random.default_rng(seed).choice(rows, min(sample, rows), replace=False))  # as verify draws them
+        assert verify._sample_rowids(table, rows, sample, seed).tolist() == every[pick].tolist()
+    pick = np.sort(np.random.default_rng(3).choice(rows, 5, replace=False))
+    items = verify._sampled_rows(table, rows, 5, 3, dense=False)
+    assert [i["id"] for i in items] == ids[pick].tolist()
+    by_id = {r["id"]: r for r in table.to_arrow().to_pylist()}
+    for i in items:
+        np.testing.assert_array_equal(i["cls"], np.asarray(by_id[i["id"]]["cls"], np.float32))
+        assert i["uri"] == by_id[i["id"]]["uri"] and i["video_id"] is None
+    assert verify._sample_rowids(table, 0, 5, 0).tolist() == []
