@@ -284,7 +284,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         roots=args.root,
     )
     if args.json:
-        _print_json(list(rows))
+        _print_json_rows(rows)  # one row at a time: a row per stored image, with a score per label
         return 0
     c = _console()
     counts: dict[str, int] = {}

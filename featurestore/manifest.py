@@ -33,7 +33,7 @@ VOLATILE = frozenset({"run_id", "created_at"})
 LOCATION = frozenset({"uri"})
 _CHUNK = 4096  # rows per streamed batch at most
 _BATCH_BYTES = 64 << 20  # … and about this many bytes (dense rows are wide)
-_SORT_RUN = 262_144  # (key, row hash) pairs sorted in memory at once (about 60 MiB)
+_SORT_RUN = 65_536  # (key, row hash) pairs sorted in memory at once (about 20 MiB)
 
 
 def _drop_times(obj: Any) -> Any:
@@ -102,7 +102,7 @@ def content_digest(table: Any) -> tuple[str, int]:
     first column's values. The order is that of ``(repr(key), row hash)``; it is reached with
     bounded memory whatever the table's size (:func:`featurestore.extsort.external_sorted`:
     beyond :data:`_SORT_RUN` rows, sorted runs of (key, 32-byte hash) go to a temporary
-    directory and are merged).
+    directory, about 110 bytes a row, and are merged).
     """
     schema = table.schema
     cols = [f.name for f in schema if f.name not in VOLATILE | LOCATION]

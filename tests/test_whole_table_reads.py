@@ -346,3 +346,13 @@ def test_verify_samples_the_rows_a_dataset_would_without_holding_the_ids(monkeyp
         np.testing.assert_array_equal(i["cls"], np.asarray(by_id[i["id"]]["cls"], np.float32))
         assert i["uri"] == by_id[i["id"]]["uri"] and i["video_id"] is None
     assert verify._sample_rowids(table, 0, 5, 0).tolist() == []
+
+
+@pytest.mark.parametrize("rows", [[], [{"a": 1}], [{"a": T0, "b": [1, 2], "c": {"d": "x\ny"}}, {"a": None}]])
+def test_streamed_json_is_what_the_whole_list_printed(rows, capsys):
+    """``featurestore errors --json`` and ``classify --json`` print a row at a time: the text is
+    the one ``_print_json(list(rows))`` prints."""
+    cli._print_json(rows)
+    whole = capsys.readouterr().out
+    cli._print_json_rows(iter(rows))
+    assert capsys.readouterr().out == whole
