@@ -160,7 +160,8 @@ def _print_json_rows(rows: Iterable[Any]) -> None:
     out, first = sys.stdout, True
     for r in rows:
         text = json.dumps(r, indent=2, default=str)
-        out.write(("[\n" if first else ",\n") + "\n".join("  " + line for line in text.split("\n")))
+        # JSON escapes the newlines inside strings: every newline of `text` is a line break
+        out.write(("[\n  " if first else ",\n  ") + text.replace("\n", "\n  "))
         first = False
     out.write("[]\n" if first else "\n]\n")
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from featurestore.aggregator import Aggregator
 from featurestore.commit import Committer, MaintainPolicy
@@ -233,10 +234,9 @@ def _frames(table: Any, video_ids: Sequence[str], with_patches: bool) -> dict[st
     for rb in table.search().where(_in_filter(video_ids)).select(cols).limit(None).to_batches(_SCAN):
         if rb.num_rows == 0:
             continue
-        vids = rb.column("video_id").to_pylist()
-        for vid in dict.fromkeys(vids):
-            mask = pa.array([v == vid for v in vids])
-            parts[vid].append(rb.filter(mask))
+        col = rb.column("video_id")
+        for vid in dict.fromkeys(col.to_pylist()):
+            parts[vid].append(rb.filter(pc.equal(col, vid)))
     out = {}
     for vid, batches in parts.items():
         if not batches:  # its frames were deleted since they were counted
