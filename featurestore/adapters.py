@@ -94,6 +94,7 @@ def adapter_cards(store: Store) -> list[AdapterCard]:
     """Every fitted adapter of the store, oldest first."""
     if ADAPTERS_TABLE not in store.table_names():
         return []
+    # the whole catalog, in memory: one row per fitted adapter (bounded by the fits, not the images)
     rows = store.db.open_table(ADAPTERS_TABLE).to_arrow().sort_by("created_at").to_pylist()
     return [AdapterCard.model_validate_json(r["card"]) for r in rows]
 

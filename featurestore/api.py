@@ -209,8 +209,17 @@ class FeatureStore:
         return clip_tables(self.store)
 
     def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        """Rows of the errors table, optionally of one run."""
+        """Rows of the errors table, optionally of one run, oldest first (a list: see
+        :meth:`iter_errors` for a table too large to hold)."""
         return self.store.errors(run_id)
+
+    def iter_errors(self, run_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """The rows :meth:`errors` returns, streamed with memory that does not grow with the table."""
+        return self.store.iter_errors(run_id)
+
+    def count_errors(self, run_id: str | None = None) -> int:
+        """How many error rows there are (of run ``run_id``), without reading them."""
+        return self.store.count_errors(run_id)
 
     # -- language-aligned models: text search and zero-shot classification -------
     def reload_backbone(self, card: ModelCard, *, weights: str | None = None, roots: RootsArg = None) -> Backbone:

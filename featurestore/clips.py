@@ -17,10 +17,11 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from featurestore.aggregator import Aggregator
 from featurestore.commit import Committer, MaintainPolicy
@@ -32,6 +33,8 @@ from featurestore.store import Store
 CLIPS_CATALOG = "clips"
 _TS = pa.timestamp("us", tz="UTC")
 _IN_CHUNK = 256  # video ids per filtered read
+_SCAN = 8192  # rows per streamed batch
+FRAMES_PER_READ = 8192  # frame rows read (and aggregated) at once; a longer video is read alone
 
 CATALOG_SCHEMA = pa.schema(
     [
@@ -179,29 +182,65 @@ def windows(ts: np.ndarray, window: float | None, stride: float | None) -> list[
         k += 1
 
 
-def _frames(table: Any, video_ids: Sequence[str] | None, with_patches: bool) -> dict[str, dict[str, Any]]:
-    """Frame rows grouped by video: ids, timestamps, cls (T, D) and maybe patches, time-ordered."""
-    cols = ["id", "video_id", "timestamp_s", "cls"] + (["patches", "grid_h", "grid_w"] if with_patches else [])
-    filters: list[str]
+def _in_filter(ids: Sequence[str]) -> str:
+    return "video_id IN (" + ", ".join("'" + v.replace("'", "''") + "'" for v in ids) + ")"
+
+
+def _frame_counts(table: Any, video_ids: Sequence[str] | None) -> dict[str, int]:
+    """Frame rows per video, videos in the order a scan meets them: the ``video_id`` column
+    alone, streamed (one entry per video, none per frame)."""
     if video_ids is None:
         filters = ["video_id IS NOT NULL"]
     else:
         ids = list(dict.fromkeys(video_ids))
-        filters = [
-            "video_id IN (" + ", ".join("'" + v.replace("'", "''") + "'" for v in ids[i : i + _IN_CHUNK]) + ")"
-            for i in range(0, len(ids), _IN_CHUNK)
-        ]
-    parts: dict[str, list[pa.RecordBatch]] = {}
+        filters = [_in_filter(ids[i : i + _IN_CHUNK]) for i in range(0, len(ids), _IN_CHUNK)]
+    counts: dict[str, int] = {}
     for flt in filters:
-        for rb in table.search().where(flt).select(cols).limit(None).to_batches(8192):
-            if rb.num_rows == 0:
-                continue
-            vids = rb.column("video_id").to_pylist()
-            for vid in dict.fromkeys(vids):
-                mask = pa.array([v == vid for v in vids])
-                parts.setdefault(vid, []).append(rb.filter(mask))
+        for rb in table.search().where(flt).select(["video_id"]).limit(None).to_batches(_SCAN):
+            for vid in rb.column(0).to_pylist():
+                counts[vid] = counts.get(vid, 0) + 1
+    return counts
+
+
+def _video_groups(counts: dict[str, int], limit: int) -> Iterator[list[str]]:
+    """Consecutive videos whose frames add up to at most ``limit`` (a longer video: alone)."""
+    group: list[str] = []
+    n = 0
+    for vid, c in counts.items():
+        if group and (n + c > limit or len(group) >= _IN_CHUNK):
+            yield group
+            group, n = [], 0
+        group.append(vid)
+        n += c
+    if group:
+        yield group
+
+
+def _patches_array(col: pa.ChunkedArray) -> np.ndarray:
+    """(T, N, P) float32 of a patches column whose rows hold N tokens each."""
+    arr = col.combine_chunks()
+    lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+    if len(arr) and (lengths == lengths[0]).all():
+        width = arr.type.value_type.list_size
+        flat = arr.flatten().flatten().to_numpy(zero_copy_only=False)  # (T * N * P,) float16
+        return flat.reshape(len(arr), int(lengths[0]), width).astype(np.float32)
+    return np.stack([np.asarray(p, np.float32) for p in arr.to_pylist()])  # raises on unequal token counts
+
+
+def _frames(table: Any, video_ids: Sequence[str], with_patches: bool) -> dict[str, dict[str, Any]]:
+    """Frame rows grouped by video: ids, timestamps, cls (T, D) and maybe patches, time-ordered."""
+    cols = ["id", "video_id", "timestamp_s", "cls"] + (["patches", "grid_h", "grid_w"] if with_patches else [])
+    parts: dict[str, list[pa.RecordBatch]] = {v: [] for v in video_ids}
+    for rb in table.search().where(_in_filter(video_ids)).select(cols).limit(None).to_batches(_SCAN):
+        if rb.num_rows == 0:
+            continue
+        col = rb.column("video_id")
+        for vid in dict.fromkeys(col.to_pylist()):
+            parts[vid].append(rb.filter(pc.equal(col, vid)))
     out = {}
     for vid, batches in parts.items():
+        if not batches:  # its frames were deleted since they were counted
+            continue
         t = pa.Table.from_batches(batches).sort_by("timestamp_s")
         cls_col = t.column("cls").combine_chunks()
         d = cls_col.type.list_size
@@ -211,10 +250,22 @@ def _frames(table: Any, video_ids: Sequence[str] | None, with_patches: bool) -> 
             "cls": cls_col.values.to_numpy(zero_copy_only=False).reshape(t.num_rows, d).astype(np.float32),
         }
         if with_patches:
-            rec["patches"] = np.stack([np.asarray(p, np.float32) for p in t.column("patches").to_pylist()])  # (T, N, P)
+            rec["patches"] = _patches_array(t.column("patches"))  # (T, N, P)
             rec["grid"] = (t.column("grid_h")[0].as_py(), t.column("grid_w")[0].as_py())
         out[vid] = rec
     return out
+
+
+def iter_video_frames(table: Any, video_ids: Sequence[str] | None, with_patches: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(video_id, frames)`` per video of ``video_ids`` (None: every video in ``table``), in
+    the order a scan meets them; frames as :func:`_frames` gives them.
+
+    Memory does not grow with the table: videos are read a group at a time, a group holding
+    at most :data:`FRAMES_PER_READ` frame rows (a longer video is read alone: its frames are
+    what its clips are made of). The ``video_id`` BTREE index serves each group's read.
+    """
+    for group in _video_groups(_frame_counts(table, video_ids), FRAMES_PER_READ):
+        yield from _frames(table, group, with_patches).items()
 
 
 def aggregate_videos(
@@ -241,11 +292,11 @@ def aggregate_videos(
     _register(store, name, card, agg, spec_hash, dim, patch_dim is not None)
     if video_ids is not None and not video_ids:
         return AggregateResult(name, agg.name, agg.spec(), 0, 0, 0)
-    frames = _frames(feat_table, video_ids, patch_dim is not None)
     rows: list[dict[str, Any]] = []
-    written = total = 0
+    written = total = videos = 0
     now = datetime.now(timezone.utc)
-    for vid, rec in frames.items():
+    for vid, rec in iter_video_frames(feat_table, video_ids, patch_dim is not None):
+        videos += 1
         for start, end, pos in windows(rec["ts"], window, stride):
             cls = np.asarray(agg.aggregate(rec["cls"][pos]), np.float32)
             if cls.shape != (dim,):
@@ -280,7 +331,7 @@ def aggregate_videos(
     if rows:
         written += _write(table, rows)
         total += len(rows)
-    return AggregateResult(name, agg.name, agg.spec(), len(frames), written, total)
+    return AggregateResult(name, agg.name, agg.spec(), videos, written, total)
 
 
 def _write(table: Any, rows: list[dict[str, Any]]) -> int:
@@ -329,6 +380,7 @@ def clip_tables(store: Store) -> list[dict[str, Any]]:
         return []
     names = set(store.table_names())
     out = []
+    # the whole catalog, in memory: one row per clip table (bounded by the tables, not the clips)
     for r in store.db.open_table(CLIPS_CATALOG).to_arrow().sort_by("created_at").to_pylist():
         r["spec"] = json.loads(r["spec"])
         r["rows"] = store.db.open_table(r["table"]).count_rows() if r["table"] in names else 0

@@ -307,7 +307,7 @@ def load_centroids(store: Any, model: str, k: int) -> np.ndarray:
     name = centroids_table_name(card.table, k)
     if name not in st.table_names():
         raise ConfigError(f"table {card.table} has no k-means with k={k}. Fix: run `featurestore cluster --model {card.table} --k {k}`.")
-    t = st.db.open_table(name).to_arrow().sort_by("cluster")
+    t = st.db.open_table(name).to_arrow().sort_by("cluster")  # k rows, one per centroid: what is returned
     col = t.column("centroid").combine_chunks()
     return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
 
