@@ -7,8 +7,15 @@ hash and the aggregator's spec (name, parameters, version), named
 ``<model table>-<aggregator>-<spec hash[:8]>``, with ``video_id``, ``start_s``, ``end_s``,
 ``n_frames`` and the ``frame_ids`` used, so a clip vector traces back to its frames. The
 ``clips`` catalog table lists every clip table. Rows are keyed by a clip id derived from
-(spec, video, window) and committed like feature rows (only unseen ids, under the table's
-writer lock), so aggregating twice — or twice at once — adds nothing.
+(spec, video, window) and committed under the table's writer lock, so aggregating twice —
+or twice at once — adds nothing.
+
+The frames of a video may be read while an ``extract`` run is still committing them (a
+concurrent ``aggregate``): the clips made from part of a video are replaced once its clips
+are made again from more frames, and a run that read fewer frames than the stored clips
+were made from leaves them alone (frame rows are only ever added, so more frames means a
+later read). Each video ends up with the clips of all its stored frames, whichever
+aggregation commits last.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.aggregator import Aggregator
-from featurestore.commit import Committer, MaintainPolicy
+from featurestore.commit import Committer, MaintainPolicy, conform, sql_strings, table_store_path
 from featurestore.config import ModelCard
 from featurestore.errors import ConfigError
 from featurestore.hashing import canonical_json, content_id
+from featurestore.locks import table_lock
 from featurestore.store import Store
 
 CLIPS_CATALOG = "clips"
@@ -56,8 +64,9 @@ class AggregateResult:
     aggregator: str
     spec: dict[str, Any]
     videos: int
-    written: int  # new clip rows
+    written: int  # clip rows committed: new, or replacing clips made from fewer frames
     clips: int  # clip rows computed (new or already stored)
+    replaced: int = 0  # stored clip rows made from part of a video's frames, replaced or removed
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -203,6 +212,10 @@ def _frames(table: Any, video_ids: Sequence[str] | None, with_patches: bool) -> 
     out = {}
     for vid, batches in parts.items():
         t = pa.Table.from_batches(batches).sort_by("timestamp_s")
+        ids = t.column("id").to_pylist()
+        if len(set(ids)) != len(ids):  # a frame stored twice (an older version's race): counted once
+            first = list({k: i for i, k in reversed(list(enumerate(ids)))}.values())
+            t = t.take(pa.array(sorted(first), pa.int64()))
         cls_col = t.column("cls").combine_chunks()
         d = cls_col.type.list_size
         rec: dict[str, Any] = {
@@ -243,7 +256,7 @@ def aggregate_videos(
         return AggregateResult(name, agg.name, agg.spec(), 0, 0, 0)
     frames = _frames(feat_table, video_ids, patch_dim is not None)
     rows: list[dict[str, Any]] = []
-    written = total = 0
+    written = total = replaced = 0
     now = datetime.now(timezone.utc)
     for vid, rec in frames.items():
         for start, end, pos in windows(rec["ts"], window, stride):
@@ -273,17 +286,17 @@ def aggregate_videos(
                 row["patches"] = p.astype(np.float16)
                 row["grid_h"], row["grid_w"] = rec["grid"]
             rows.append(row)
-        if len(rows) >= 512:
-            written += _write(table, rows)
-            total += len(rows)
+        if len(rows) >= 512:  # after a whole video: one commit holds all clips of a video
+            w, r = _write(table, rows)
+            written, replaced, total = written + w, replaced + r, total + len(rows)
             rows = []
     if rows:
-        written += _write(table, rows)
-        total += len(rows)
-    return AggregateResult(name, agg.name, agg.spec(), len(frames), written, total)
+        w, r = _write(table, rows)
+        written, replaced, total = written + w, replaced + r, total + len(rows)
+    return AggregateResult(name, agg.name, agg.spec(), len(frames), written, total, replaced)
 
 
-def _write(table: Any, rows: list[dict[str, Any]]) -> int:
+def _write(table: Any, rows: list[dict[str, Any]]) -> tuple[int, int]:
     schema = table.schema
     cols: dict[str, Any] = {}
     for f in schema:
@@ -298,8 +311,66 @@ def _write(table: Any, rows: list[dict[str, Any]]) -> int:
             cols[f.name] = pa.ListArray.from_arrays(offsets, inner)
         else:
             cols[f.name] = pa.array(vals, f.type)
-    batch = pa.Table.from_pydict(cols, schema=schema)
-    return Store.write_features(table, batch)  # only clip ids not stored yet, under the table's lock
+    return commit_clips(table, pa.Table.from_pydict(cols, schema=schema))
+
+
+def _groups(t: pa.Table) -> dict[tuple[Any, Any, Any], tuple[set[str], set[str]]]:
+    """``{(video_id, window_s, stride_s): (clip ids, frame ids used)}`` of clip rows ``t``."""
+    out: dict[tuple[Any, Any, Any], tuple[set[str], set[str]]] = {}
+    cols = [t.column(c).to_pylist() for c in ("video_id", "window_s", "stride_s", "id", "frame_ids")]
+    for vid, w, s, cid, fids in zip(*cols):
+        ids, frames = out.setdefault((vid, w, s), (set(), set()))
+        ids.add(cid)
+        frames.update(fids or ())
+    return out
+
+
+def commit_clips(table: Any, batch: pa.Table) -> tuple[int, int]:
+    """Commit the clip rows ``batch`` (every clip of each of its videos for one window and
+    stride); returns (rows written, stored rows replaced).
+
+    Under the table's writer lock, per (video, window, stride): clips already stored from
+    the same frames, or from frames this batch lacks none of, stay as they are (a re-run,
+    or a run that read the video before more of its frames were committed); clips stored
+    from fewer frames are replaced by this batch's (updated by id, and stored clips this
+    batch no longer has, e.g. a whole-video clip whose end moved, are deleted); a video
+    without stored clips gets them appended. One commit: readers see the clips before or
+    after, never a video without them.
+    """
+    if not batch.num_rows:
+        return 0, 0
+    new = _groups(batch)
+    vids = list(dict.fromkeys(v for v, _, _ in new))
+    with table_lock(table_store_path(table), table.name):
+        table.checkout_latest()
+        stored_parts = [
+            table.search().where(f"video_id IN ({sql_strings(vids[i : i + _IN_CHUNK])})")
+            .select(["id", "video_id", "window_s", "stride_s", "frame_ids"]).limit(None).to_arrow()
+            for i in range(0, len(vids), _IN_CHUNK)
+        ]
+        stored = _groups(pa.concat_tables(stored_parts)) if stored_parts else {}
+        take: set[tuple[Any, Any, Any]] = set()
+        stale: set[str] = set()  # stored clip ids of replaced groups that this batch does not have
+        for key, (ids, frames) in new.items():
+            old = stored.get(key)
+            if old is None:
+                take.add(key)
+            elif frames - old[1]:  # frames committed since the stored clips were made
+                take.add(key)
+                stale |= old[0] - ids
+        if not take:
+            return 0, 0
+        keys = list(zip(*(batch.column(c).to_pylist() for c in ("video_id", "window_s", "stride_s"))))
+        rows = conform(batch.filter(pa.array([k in take for k in keys])), table.schema)
+        replacing = [k for k in take if k in stored]
+        if not replacing:
+            table.add(rows)
+            return rows.num_rows, 0
+        merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        if stale:
+            merge = merge.when_not_matched_by_source_delete(f"id IN ({sql_strings(sorted(stale))})")
+        res = merge.execute(rows)  # the rows carry distinct ids: one source row per target row
+        return rows.num_rows, int(res.num_updated_rows) + int(res.num_deleted_rows)
 
 
 def _register(store: Store, name: str, card: ModelCard, agg: Aggregator, spec_hash: str, dim: int, dense: bool) -> None:
@@ -336,4 +407,4 @@ def clip_tables(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["AggregateResult", "aggregate_videos", "clip_tables", "load_aggregators", "parse_aggregator", "parse_spec", "windows"]
+__all__ = ["AggregateResult", "aggregate_videos", "clip_tables", "commit_clips", "load_aggregators", "parse_aggregator", "parse_spec", "windows"]
