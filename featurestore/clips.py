@@ -30,16 +30,27 @@ import numpy as np
 import pyarrow as pa
 
 from featurestore.aggregator import Aggregator
-from featurestore.commit import Committer, MaintainPolicy, conform, sql_strings, table_store_path
+from featurestore.commit import (
+    MAINTAIN_SUFFIX,
+    Committer,
+    MaintainPolicy,
+    conform,
+    needs_optimize,
+    optimize,
+    sql_strings,
+    table_store_path,
+)
 from featurestore.config import ModelCard
 from featurestore.errors import ConfigError
 from featurestore.hashing import canonical_json, content_id
-from featurestore.locks import table_lock
+from featurestore.locks import table_lock, try_lock
 from featurestore.store import Store
 
 CLIPS_CATALOG = "clips"
 _TS = pa.timestamp("us", tz="UTC")
 _IN_CHUNK = 256  # video ids per filtered read
+#: when an aggregation compacts its clip table (each commit adds a fragment)
+MAINTAIN = MaintainPolicy()
 
 CATALOG_SCHEMA = pa.schema(
     [
@@ -293,7 +304,19 @@ def aggregate_videos(
     if rows:
         w, r = _write(table, rows)
         written, replaced, total = written + w, replaced + r, total + len(rows)
+    if written:
+        _maintain(table)
     return AggregateResult(name, agg.name, agg.spec(), len(frames), written, total, replaced)
+
+
+def _maintain(table: Any) -> None:
+    """Compact the clip table and update its indices when its fragments or unindexed rows
+    pile up (each commit makes a fragment), as the feature writers do; one process at a time."""
+    if not needs_optimize(table, "id", MAINTAIN):
+        return
+    with try_lock(table_store_path(table), table.name + MAINTAIN_SUFFIX) as mine:
+        if mine:  # else another process is compacting it
+            optimize(table)
 
 
 def _write(table: Any, rows: list[dict[str, Any]]) -> tuple[int, int]:
@@ -399,8 +422,11 @@ def clip_tables(store: Store) -> list[dict[str, Any]]:
     if CLIPS_CATALOG not in store.table_names():
         return []
     names = set(store.table_names())
-    out = []
+    out, seen = [], set()
     for r in store.db.open_table(CLIPS_CATALOG).to_arrow().sort_by("created_at").to_pylist():
+        if r["table"] in seen:  # a catalog row stored twice by an older version: listed once
+            continue
+        seen.add(r["table"])
         r["spec"] = json.loads(r["spec"])
         r["rows"] = store.db.open_table(r["table"]).count_rows() if r["table"] in names else 0
         out.append(r)

@@ -276,20 +276,7 @@ def cluster(store: Any, model: str, k: int, *, seed: int = 0, max_iter: int = 10
     table = st.open_table(ds.table_name)  # the latest version, not the pinned one
     sizes = np.bincount(fit.labels, minlength=k)
     name = centroids_table_name(ds.table_name, k)
-    now = datetime.now(timezone.utc)
-    cent = pa.table(
-        {
-            "cluster": pa.array(np.arange(k), pa.int32()),
-            "size": pa.array(sizes, pa.int64()),
-            "centroid": pa.FixedSizeListArray.from_arrays(pa.array(fit.centroids.reshape(-1), pa.float32()), fit.centroids.shape[1]),
-            "model_hash": pa.array([ds.card.model_hash] * k, pa.string()),
-            "seed": pa.array([seed] * k, pa.int64()),
-            "source_version": pa.array([ds.version] * k, pa.int64()),
-            "table_version": pa.array([0] * k, pa.int64()),  # set once the columns are written
-            "created_at": pa.array([now] * k, pa.timestamp("us", tz="UTC")),
-        }
-    )
-    version, kept = commit_fit(st, table, list(ds.ids), fit, k, cent, ds.version)
+    version, kept = commit_fit(st, table, list(ds.ids), fit, seed=seed, model_hash=ds.card.model_hash, source_version=ds.version)
     if kept is not None:
         note = (
             f"not written: another run wrote the {k}-means of {kept[1]} rows of version {kept[0]} meanwhile, "
@@ -307,11 +294,18 @@ def cluster(store: Any, model: str, k: int, *, seed: int = 0, max_iter: int = 10
 
 
 def commit_fit(
-    st: Any, table: Any, ids: list[str], fit: KMeansFit, k: int, centroids: pa.Table, source_version: int
+    st: Any, table: Any, ids: list[str], fit: KMeansFit, *, seed: int, model_hash: str, source_version: int
 ) -> tuple[int, tuple[int, int] | None]:
     """Write a fit's columns and its centroid table as one step; returns (the table version
     holding the columns, None) or, when the stored fit is newer, (its version, (its source
     version, its rows)) and writes nothing.
+
+    Args:
+        st: the store.
+        table: the feature table (any version: it is moved to the latest).
+        ids: the ids of the rows fitted, in ``fit``'s order.
+        fit: the fit.
+        seed: its seed; ``model_hash``: the table's model; ``source_version``: the version read.
 
     Both writes happen under the feature table's writer lock (the centroid table's own lock
     inside it, always in that order), so concurrent runs cannot leave the columns of one fit
@@ -323,21 +317,34 @@ def commit_fit(
     """
     from featurestore.locks import table_lock
 
+    k = len(fit.centroids)
     name = centroids_table_name(table.name, k)
     with table_lock(st.path, table.name):
         if name in st.table_names():
             old = st.db.open_table(name).to_arrow()
             if old.num_rows:
+                import pyarrow.compute as pc
+
+                old = old.filter(pc.equal(old.column("created_at"), _max(old.column("created_at"))))  # the latest run's rows
                 old_src = int(_max(old.column("source_version")))
                 old_rows = int(sum(old.column("size").to_pylist()))
                 if old_src > source_version and old_rows > len(ids):
                     return int(_max(old.column("table_version"))), (old_src, old_rows)
         version = _write_columns(table, ids, fit, k)
-        centroids = centroids.set_column(
-            centroids.schema.get_field_index("table_version"), "table_version", pa.array([version] * centroids.num_rows, pa.int64())
+        cent = pa.table(
+            {
+                "cluster": pa.array(np.arange(k), pa.int32()),
+                "size": pa.array(np.bincount(fit.labels, minlength=k), pa.int64()),
+                "centroid": pa.FixedSizeListArray.from_arrays(pa.array(fit.centroids.reshape(-1), pa.float32()), fit.centroids.shape[1]),
+                "model_hash": pa.array([model_hash] * k, pa.string()),
+                "seed": pa.array([seed] * k, pa.int64()),
+                "source_version": pa.array([source_version] * k, pa.int64()),
+                "table_version": pa.array([version] * k, pa.int64()),
+                "created_at": pa.array([datetime.now(timezone.utc)] * k, pa.timestamp("us", tz="UTC")),
+            }
         )
         with table_lock(st.path, name):
-            st.db.create_table(name, centroids, mode="overwrite")
+            st.db.create_table(name, cent, mode="overwrite")
     return version, None
 
 
@@ -362,7 +369,11 @@ def load_centroids(store: Any, model: str, k: int) -> np.ndarray:
     name = centroids_table_name(card.table, k)
     if name not in st.table_names():
         raise ConfigError(f"table {card.table} has no k-means with k={k}. Fix: run `featurestore cluster --model {card.table} --k {k}`.")
-    t = st.db.open_table(name).to_arrow().sort_by("cluster")
+    t = st.db.open_table(name).to_arrow().sort_by([("cluster", "ascending"), ("created_at", "descending")])
+    if t.num_rows > k:  # rows of two runs (a table written around featurestore): the latest run's, as doctor keeps
+        cl = t.column("cluster").to_pylist()
+        keep = [i for i in range(len(cl)) if i == 0 or cl[i] != cl[i - 1]]
+        t = t.take(pa.array(keep, pa.int64()))
     col = t.column("centroid").combine_chunks()
     return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
 
