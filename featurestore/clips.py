@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -314,9 +315,12 @@ def _maintain(table: Any) -> None:
     pile up (each commit makes a fragment), as the feature writers do; one process at a time."""
     if not needs_optimize(table, "id", MAINTAIN):
         return
-    with try_lock(table_store_path(table), table.name + MAINTAIN_SUFFIX) as mine:
-        if mine:  # else another process is compacting it
-            optimize(table)
+    try:
+        with try_lock(table_store_path(table), table.name + MAINTAIN_SUFFIX) as mine:
+            if mine:  # else another process is compacting it
+                optimize(table)
+    except Exception as exc:  # noqa: BLE001 - the clips are committed; a failed compaction only costs speed
+        warnings.warn(f"compacting clip table {table.name} failed ({type(exc).__name__}: {exc})", stacklevel=1)
 
 
 def _write(table: Any, rows: list[dict[str, Any]]) -> tuple[int, int]:
@@ -352,13 +356,16 @@ def commit_clips(table: Any, batch: pa.Table) -> tuple[int, int]:
     """Commit the clip rows ``batch`` (every clip of each of its videos for one window and
     stride); returns (rows written, stored rows replaced).
 
-    Under the table's writer lock, per (video, window, stride): clips already stored from
-    the same frames, or from frames this batch lacks none of, stay as they are (a re-run,
-    or a run that read the video before more of its frames were committed); clips stored
-    from fewer frames are replaced by this batch's (updated by id, and stored clips this
-    batch no longer has, e.g. a whole-video clip whose end moved, are deleted); a video
-    without stored clips gets them appended. One commit: readers see the clips before or
-    after, never a video without them.
+    Under the table's writer lock, per (video, window, stride):
+
+    * no clip stored: this batch's are appended;
+    * every frame this batch used is among those the stored clips were made from (a re-run,
+      or a run that read the video before more of its frames were committed): the stored
+      clips stay, nothing is written;
+    * this batch used frames the stored clips lack (committed since they were made): this
+      batch's clips replace them — updated by id, and stored clips this batch does not have
+      (e.g. a whole-video clip whose end moved) deleted, in one ``merge_insert`` commit, so
+      readers see the old clips or the new ones, never a video without clips.
     """
     if not batch.num_rows:
         return 0, 0

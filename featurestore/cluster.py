@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from featurestore.errors import ConfigError, StoreError
@@ -296,16 +297,7 @@ def cluster(store: Any, model: str, k: int, *, seed: int = 0, max_iter: int = 10
 def commit_fit(
     st: Any, table: Any, ids: list[str], fit: KMeansFit, *, seed: int, model_hash: str, source_version: int
 ) -> tuple[int, tuple[int, int] | None]:
-    """Write a fit's columns and its centroid table as one step; returns (the table version
-    holding the columns, None) or, when the stored fit is newer, (its version, (its source
-    version, its rows)) and writes nothing.
-
-    Args:
-        st: the store.
-        table: the feature table (any version: it is moved to the latest).
-        ids: the ids of the rows fitted, in ``fit``'s order.
-        fit: the fit.
-        seed: its seed; ``model_hash``: the table's model; ``source_version``: the version read.
+    """Write a fit's columns and its centroid table as one step, unless the stored fit is newer.
 
     Both writes happen under the feature table's writer lock (the centroid table's own lock
     inside it, always in that order), so concurrent runs cannot leave the columns of one fit
@@ -314,6 +306,19 @@ def commit_fit(
     *and* more rows: a run that read rows committed since is not overwritten by one that
     read fewer (rows only grow, except when ``doctor --repair`` drops duplicates; the stored
     fit then read fewer rows, so a new run replaces it).
+
+    Args:
+        st: the store.
+        table: the feature table (any version: it is moved to the latest).
+        ids: the ids of the rows fitted, in ``fit``'s order.
+        fit: the fit.
+        seed: its seed.
+        model_hash: the table's model.
+        source_version: the table version the fitted rows were read at.
+
+    Returns:
+        (the table version holding the columns, None), or, when the stored fit is newer and
+        nothing was written, (the version holding its columns, (its source version, its rows)).
     """
     from featurestore.locks import table_lock
 
@@ -323,13 +328,11 @@ def commit_fit(
         if name in st.table_names():
             old = st.db.open_table(name).to_arrow()
             if old.num_rows:
-                import pyarrow.compute as pc
-
-                old = old.filter(pc.equal(old.column("created_at"), _max(old.column("created_at"))))  # the latest run's rows
-                old_src = int(_max(old.column("source_version")))
-                old_rows = int(sum(old.column("size").to_pylist()))
+                old = old.filter(pc.equal(old.column("created_at"), pc.max(old.column("created_at"))))  # the latest run's rows
+                old_src = pc.max(old.column("source_version")).as_py()
+                old_rows = pc.sum(old.column("size")).as_py()
                 if old_src > source_version and old_rows > len(ids):
-                    return int(_max(old.column("table_version"))), (old_src, old_rows)
+                    return pc.max(old.column("table_version")).as_py(), (old_src, old_rows)
         version = _write_columns(table, ids, fit, k)
         cent = pa.table(
             {
@@ -346,13 +349,6 @@ def commit_fit(
         with table_lock(st.path, name):
             st.db.create_table(name, cent, mode="overwrite")
     return version, None
-
-
-def _max(col: Any) -> Any:
-    """The largest value of an Arrow column (as a Python value)."""
-    import pyarrow.compute as pc
-
-    return pc.max(col).as_py()
 
 
 def load_centroids(store: Any, model: str, k: int) -> np.ndarray:

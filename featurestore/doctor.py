@@ -56,7 +56,7 @@ def keyed_tables(store: Store) -> list[tuple[str, str]]:
     names = set(store.table_names())
     out = [(t, k) for t, k in ((MODELS_TABLE, "model_hash"), (ADAPTERS_TABLE, "adapter_hash"), (CLIPS_CATALOG, "table")) if t in names]
     seen = {t for t, _ in out}
-    models = [c.table for c in store.cards()]
+    models = list(dict.fromkeys(c.table for c in store.cards()))  # a model registered twice is one table
     for table in models + [c["table"] for c in clip_tables(store)]:
         if table in names and table not in seen:
             out.append((table, "id"))

@@ -252,6 +252,7 @@ def _aggregate_until(store_path: str, model: str, stop, out) -> None:
                 time.sleep(0.05)
                 continue
             runs.append((r.written, r.clips))
+            time.sleep(0.1)  # leave the extraction most of the CPU
         out.put(runs)
     except BaseException as exc:  # the parent asserts on what comes back
         out.put(repr(exc))
