@@ -1,6 +1,8 @@
 """The one commit path for keyed rows: lock, look up, append only what is new, maintain.
 
-Every write of feature, adapted, clip and catalog rows goes through :class:`Committer`:
+Every write of feature, adapted and catalog rows goes through :class:`Committer` (clip rows
+through :func:`featurestore.clips.commit_clips`, under the same lock, which also replaces
+clips made from part of a video):
 
 1. take the table's inter-process lock (:func:`featurestore.locks.table_lock`);
 2. refresh the table to its latest version (another process may have committed);
