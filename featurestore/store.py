@@ -298,7 +298,11 @@ class Store:
             return []
         # the whole catalog, in memory: one row per model (bounded by the models, not the images)
         rows = self.db.open_table(MODELS_TABLE).to_arrow().sort_by("created_at").to_pylist()
-        return [ModelCard.model_validate_json(r["card"]) for r in rows]
+        # a model registered twice (by racing older versions): its earliest row, as doctor keeps
+        first: dict[str, Any] = {}
+        for r in rows:
+            first.setdefault(r["model_hash"], r)
+        return [ModelCard.model_validate_json(r["card"]) for r in rows if first[r["model_hash"]] is r]
 
     def card(self, ref: str) -> ModelCard:
         """Find a model by full hash, hash prefix (≥ 6 hex), table name or backbone name."""

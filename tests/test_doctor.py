@@ -47,6 +47,13 @@ def _duplicated_store(path):
     return store, table
 
 
+def test_a_model_registered_twice_is_still_found_by_name_before_repair(tmp_path):
+    store, _ = _duplicated_store(tmp_path / "s")
+    assert store.db.open_table(MODELS_TABLE).count_rows() == 2
+    assert [c.model_hash for c in store.cards()] == [_card().model_hash]
+    assert store.card(_card().backbone).model_hash == _card().model_hash  # was "matches 2 models"
+
+
 def test_doctor_finds_and_repairs_duplicates_keeping_the_earliest_row(tmp_path):
     store, table = _duplicated_store(tmp_path / "s")
     assert sorted(duplicate_keys(table)) == [f"{i:064x}" for i in range(10)]
