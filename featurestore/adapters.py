@@ -91,11 +91,14 @@ def _plugin_version(dist: str) -> str:
 
 
 def adapter_cards(store: Store) -> list[AdapterCard]:
-    """Every fitted adapter of the store, oldest first."""
+    """Every fitted adapter of the store, oldest first (once each, also when an older version
+    stored its row twice: ``featurestore doctor --repair`` removes the copy)."""
     if ADAPTERS_TABLE not in store.table_names():
         return []
+    # the whole catalog, in memory: one row per fitted adapter (bounded by the fits, not the images)
     rows = store.db.open_table(ADAPTERS_TABLE).to_arrow().sort_by("created_at").to_pylist()
-    return [AdapterCard.model_validate_json(r["card"]) for r in rows]
+    first = {r["adapter_hash"]: r for r in reversed(rows)}  # the earliest row of each hash wins
+    return [AdapterCard.model_validate_json(r["card"]) for r in rows if first[r["adapter_hash"]] is r]
 
 
 def adapter_card(store: Store, ref: str) -> AdapterCard:

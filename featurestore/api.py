@@ -91,6 +91,7 @@ class FeatureStore:
         tag_run: bool = True,
         commit_rows: int = 50_000,
         commit_seconds: float = 2.0,
+        rehash: bool = False,
         progress: bool = False,
     ) -> ExtractSummary:
         """Extract CLS (and with ``dense`` patch) features of images into this store.
@@ -120,6 +121,9 @@ class FeatureStore:
             commit_seconds: commit once the oldest waiting row has waited this long; rows
                 are committed on a background thread while the next batches are computed,
                 so a killed run loses at most about this many seconds of work.
+            rehash: read and hash every file. By default a file whose path, size, mtime and
+                inode the store's stat cache knows is not read again when its content is
+                stored (see :mod:`featurestore.statcache`).
             progress: show a progress bar on stderr.
 
         Returns:
@@ -144,6 +148,7 @@ class FeatureStore:
             tag_run=tag_run,
             commit_rows=commit_rows,
             commit_seconds=commit_seconds,
+            rehash=rehash,
         )
         sources = expand_sources(str(p) for p in paths)
         started = False
@@ -204,8 +209,17 @@ class FeatureStore:
         return clip_tables(self.store)
 
     def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        """Rows of the errors table, optionally of one run."""
+        """Rows of the errors table, optionally of one run, oldest first (a list: see
+        :meth:`iter_errors` for a table too large to hold)."""
         return self.store.errors(run_id)
+
+    def iter_errors(self, run_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """The rows :meth:`errors` returns, streamed with memory that does not grow with the table."""
+        return self.store.iter_errors(run_id)
+
+    def count_errors(self, run_id: str | None = None) -> int:
+        """How many error rows there are (of run ``run_id``), without reading them."""
+        return self.store.count_errors(run_id)
 
     # -- language-aligned models: text search and zero-shot classification -------
     def reload_backbone(self, card: ModelCard, *, weights: str | None = None, roots: RootsArg = None) -> Backbone:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import sys
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from featurestore.errors import FeatureStoreError
 
@@ -69,6 +70,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         tag_run=not args.no_tag,
         commit_rows=args.commit_every_rows,
         commit_seconds=args.commit_every_seconds,
+        rehash=args.rehash,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -80,7 +82,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     # saves them a second of imports (featurestore.catalog_cache)
     from featurestore.catalog_cache import warm
 
-    warm(args.store, {"models": fs.models, "errors:None": lambda: fs.errors(None)})
+    warm(args.store, {"models": fs.models, "errors:None": lambda: _errors_answer(fs, None)})
     if args.json:
         _print_json(summary.model_dump(mode="json"))
     else:
@@ -141,13 +143,49 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+#: an errors listing of up to this many rows is kept in the catalog cache; a longer one is
+#: streamed from the store each time (neither the command nor the cache holds it whole)
+ERRORS_CACHED = 1000
+_TABLE_ROWS = 1000  # rows per printed table of a long listing
+
+
+def _errors_answer(fs: Any, run: str | None) -> Any:
+    """The errors listing when it is short (a list), else ``{"streamed": rows}``: a marker
+    that the listing is read from the store, not from (or into) the cache."""
+    n = fs.count_errors(run)
+    return {"streamed": n} if n > ERRORS_CACHED else fs.errors(run)
+
+
+def _print_json_rows(rows: Iterable[Any]) -> None:
+    """Print what ``_print_json(list(rows))`` prints, one row at a time."""
+    out, first = sys.stdout, True
+    for r in rows:
+        text = json.dumps(r, indent=2, default=str)
+        # JSON escapes the newlines inside strings: every newline of `text` is a line break
+        out.write(("[\n  " if first else ",\n  ") + text.replace("\n", "\n  "))
+        first = False
+    out.write("[]\n" if first else "\n]\n")
+
+
 def cmd_errors(args: argparse.Namespace) -> int:
-    rows = _catalog(args.store, f"errors:{args.run}", lambda fs: fs.errors(args.run))
+    rows = _catalog(args.store, f"errors:{args.run}", lambda fs: _errors_answer(fs, args.run))
+    if isinstance(rows, dict):  # too long for the cache: streamed from the store
+        from featurestore.api import FeatureStore
+
+        rows = FeatureStore(args.store).iter_errors(args.run)
     if args.json:
-        _print_json(rows)
+        _print_json_rows(rows)
     else:
         cols = ["run_id", "stage", "error_type", "uri", "message"]
-        _table(f"errors in {args.store}", cols, [[r[c] for c in cols] for r in rows])
+        it, title = iter(rows), f"errors in {args.store}"
+        # a long listing is printed as consecutive tables (a table is laid out in memory)
+        while True:
+            part = [[r[c] for c in cols] for r in itertools.islice(it, _TABLE_ROWS)]
+            if part or title:
+                _table(title, cols, part)
+            if len(part) < _TABLE_ROWS:
+                break
+            title = ""
     return 0
 
 
@@ -248,7 +286,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         roots=args.root,
     )
     if args.json:
-        _print_json(list(rows))
+        _print_json_rows(rows)  # one row at a time: a row per stored image, with a score per label
         return 0
     c = _console()
     counts: dict[str, int] = {}
@@ -300,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--commit-every-seconds", type=float, default=2.0, metavar="S",
         help="commit once the oldest new row has waited S seconds (default 2: a kill loses about that much work)",
+    )
+    e.add_argument(
+        "--rehash", action="store_true",
+        help="read and hash every input file (default: stored files whose path, size, mtime and inode are unchanged are not read)",
     )
     e.add_argument("--workers", type=int, default=2, help="decode/preprocess worker processes (default 2, 0 = in-process)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

@@ -70,10 +70,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         _print_json(res.as_dict())
         return 0
     c = _console()
+    where = (
+        f"written → table version {res.version}; centroids in table {res.centroids_table}" if res.written else "not written (see the note)"
+    )
     c.print(
         f"k-means k={res.k} seed={res.seed} on {res.rows} rows of {res.table} (v{res.source_version}): "
         f"{res.iterations} iterations{'' if res.converged else ' (not converged)'}, mean cosine distance {res.mean_dist:.4f}\n"
-        f"columns {res.column}, {res.dist_column} written → table version {res.version}; centroids in table {res.centroids_table}",
+        f"columns {res.column}, {res.dist_column} {where}",
         markup=False,
         highlight=False,
     )

@@ -7,31 +7,54 @@ hash and the aggregator's spec (name, parameters, version), named
 ``<model table>-<aggregator>-<spec hash[:8]>``, with ``video_id``, ``start_s``, ``end_s``,
 ``n_frames`` and the ``frame_ids`` used, so a clip vector traces back to its frames. The
 ``clips`` catalog table lists every clip table. Rows are keyed by a clip id derived from
-(spec, video, window) and committed like feature rows (only unseen ids, under the table's
-writer lock), so aggregating twice — or twice at once — adds nothing.
+(spec, video, window) and committed under the table's writer lock, so aggregating twice —
+or twice at once — adds nothing.
+
+The frames of a video may be read while an ``extract`` run is still committing them (a
+concurrent ``aggregate``): the clips made from part of a video are replaced once its clips
+are made again from more frames, and a run that read fewer frames than the stored clips
+were made from leaves them alone (frame rows are only ever added, so more frames means a
+later read). Each video ends up with the clips of all its stored frames, whichever
+aggregation commits last.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from featurestore.aggregator import Aggregator
-from featurestore.commit import Committer, MaintainPolicy
+from featurestore.commit import (
+    MAINTAIN_SUFFIX,
+    Committer,
+    MaintainPolicy,
+    conform,
+    needs_optimize,
+    optimize,
+    sql_strings,
+    table_store_path,
+)
 from featurestore.config import ModelCard
 from featurestore.errors import ConfigError
 from featurestore.hashing import canonical_json, content_id
+from featurestore.locks import table_lock, try_lock
 from featurestore.store import Store
 
 CLIPS_CATALOG = "clips"
 _TS = pa.timestamp("us", tz="UTC")
 _IN_CHUNK = 256  # video ids per filtered read
+_SCAN = 8192  # rows per streamed batch
+FRAMES_PER_READ = 8192  # frame rows read (and aggregated) at once; a longer video is read alone
+#: when an aggregation compacts its clip table (each commit adds a fragment)
+MAINTAIN = MaintainPolicy()
 
 CATALOG_SCHEMA = pa.schema(
     [
@@ -56,8 +79,9 @@ class AggregateResult:
     aggregator: str
     spec: dict[str, Any]
     videos: int
-    written: int  # new clip rows
+    written: int  # clip rows committed: new, or replacing clips made from fewer frames
     clips: int  # clip rows computed (new or already stored)
+    replaced: int = 0  # stored clip rows made from part of a video's frames, replaced or removed
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -179,30 +203,70 @@ def windows(ts: np.ndarray, window: float | None, stride: float | None) -> list[
         k += 1
 
 
-def _frames(table: Any, video_ids: Sequence[str] | None, with_patches: bool) -> dict[str, dict[str, Any]]:
-    """Frame rows grouped by video: ids, timestamps, cls (T, D) and maybe patches, time-ordered."""
-    cols = ["id", "video_id", "timestamp_s", "cls"] + (["patches", "grid_h", "grid_w"] if with_patches else [])
-    filters: list[str]
+def _in_filter(ids: Sequence[str]) -> str:
+    return "video_id IN (" + ", ".join("'" + v.replace("'", "''") + "'" for v in ids) + ")"
+
+
+def _frame_counts(table: Any, video_ids: Sequence[str] | None) -> dict[str, int]:
+    """Frame rows per video, videos in the order a scan meets them: the ``video_id`` column
+    alone, streamed (one entry per video, none per frame)."""
     if video_ids is None:
         filters = ["video_id IS NOT NULL"]
     else:
         ids = list(dict.fromkeys(video_ids))
-        filters = [
-            "video_id IN (" + ", ".join("'" + v.replace("'", "''") + "'" for v in ids[i : i + _IN_CHUNK]) + ")"
-            for i in range(0, len(ids), _IN_CHUNK)
-        ]
-    parts: dict[str, list[pa.RecordBatch]] = {}
+        filters = [_in_filter(ids[i : i + _IN_CHUNK]) for i in range(0, len(ids), _IN_CHUNK)]
+    counts: dict[str, int] = {}
     for flt in filters:
-        for rb in table.search().where(flt).select(cols).limit(None).to_batches(8192):
-            if rb.num_rows == 0:
-                continue
-            vids = rb.column("video_id").to_pylist()
-            for vid in dict.fromkeys(vids):
-                mask = pa.array([v == vid for v in vids])
-                parts.setdefault(vid, []).append(rb.filter(mask))
+        for rb in table.search().where(flt).select(["video_id"]).limit(None).to_batches(_SCAN):
+            for vid in rb.column(0).to_pylist():
+                counts[vid] = counts.get(vid, 0) + 1
+    return counts
+
+
+def _video_groups(counts: dict[str, int], limit: int) -> Iterator[list[str]]:
+    """Consecutive videos whose frames add up to at most ``limit`` (a longer video: alone)."""
+    group: list[str] = []
+    n = 0
+    for vid, c in counts.items():
+        if group and (n + c > limit or len(group) >= _IN_CHUNK):
+            yield group
+            group, n = [], 0
+        group.append(vid)
+        n += c
+    if group:
+        yield group
+
+
+def _patches_array(col: pa.ChunkedArray) -> np.ndarray:
+    """(T, N, P) float32 of a patches column whose rows hold N tokens each."""
+    arr = col.combine_chunks()
+    lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+    if len(arr) and (lengths == lengths[0]).all():
+        width = arr.type.value_type.list_size
+        flat = arr.flatten().flatten().to_numpy(zero_copy_only=False)  # (T * N * P,) float16
+        return flat.reshape(len(arr), int(lengths[0]), width).astype(np.float32)
+    return np.stack([np.asarray(p, np.float32) for p in arr.to_pylist()])  # raises on unequal token counts
+
+
+def _frames(table: Any, video_ids: Sequence[str], with_patches: bool) -> dict[str, dict[str, Any]]:
+    """Frame rows grouped by video: ids, timestamps, cls (T, D) and maybe patches, time-ordered."""
+    cols = ["id", "video_id", "timestamp_s", "cls"] + (["patches", "grid_h", "grid_w"] if with_patches else [])
+    parts: dict[str, list[pa.RecordBatch]] = {v: [] for v in video_ids}
+    for rb in table.search().where(_in_filter(video_ids)).select(cols).limit(None).to_batches(_SCAN):
+        if rb.num_rows == 0:
+            continue
+        col = rb.column("video_id")
+        for vid in dict.fromkeys(col.to_pylist()):
+            parts[vid].append(rb.filter(pc.equal(col, vid)))
     out = {}
     for vid, batches in parts.items():
+        if not batches:  # its frames were deleted since they were counted
+            continue
         t = pa.Table.from_batches(batches).sort_by("timestamp_s")
+        ids = t.column("id").to_pylist()
+        if len(set(ids)) != len(ids):  # a frame stored twice (an older version's race): counted once
+            first = list({k: i for i, k in reversed(list(enumerate(ids)))}.values())
+            t = t.take(pa.array(sorted(first), pa.int64()))
         cls_col = t.column("cls").combine_chunks()
         d = cls_col.type.list_size
         rec: dict[str, Any] = {
@@ -211,10 +275,22 @@ def _frames(table: Any, video_ids: Sequence[str] | None, with_patches: bool) -> 
             "cls": cls_col.values.to_numpy(zero_copy_only=False).reshape(t.num_rows, d).astype(np.float32),
         }
         if with_patches:
-            rec["patches"] = np.stack([np.asarray(p, np.float32) for p in t.column("patches").to_pylist()])  # (T, N, P)
+            rec["patches"] = _patches_array(t.column("patches"))  # (T, N, P)
             rec["grid"] = (t.column("grid_h")[0].as_py(), t.column("grid_w")[0].as_py())
         out[vid] = rec
     return out
+
+
+def iter_video_frames(table: Any, video_ids: Sequence[str] | None, with_patches: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(video_id, frames)`` per video of ``video_ids`` (None: every video in ``table``), in
+    the order a scan meets them; frames as :func:`_frames` gives them.
+
+    Memory does not grow with the table: videos are read a group at a time, a group holding
+    at most :data:`FRAMES_PER_READ` frame rows (a longer video is read alone: its frames are
+    what its clips are made of). The ``video_id`` BTREE index serves each group's read.
+    """
+    for group in _video_groups(_frame_counts(table, video_ids), FRAMES_PER_READ):
+        yield from _frames(table, group, with_patches).items()
 
 
 def aggregate_videos(
@@ -241,11 +317,11 @@ def aggregate_videos(
     _register(store, name, card, agg, spec_hash, dim, patch_dim is not None)
     if video_ids is not None and not video_ids:
         return AggregateResult(name, agg.name, agg.spec(), 0, 0, 0)
-    frames = _frames(feat_table, video_ids, patch_dim is not None)
     rows: list[dict[str, Any]] = []
-    written = total = 0
+    written = total = videos = replaced = 0
     now = datetime.now(timezone.utc)
-    for vid, rec in frames.items():
+    for vid, rec in iter_video_frames(feat_table, video_ids, patch_dim is not None):
+        videos += 1
         for start, end, pos in windows(rec["ts"], window, stride):
             cls = np.asarray(agg.aggregate(rec["cls"][pos]), np.float32)
             if cls.shape != (dim,):
@@ -273,17 +349,32 @@ def aggregate_videos(
                 row["patches"] = p.astype(np.float16)
                 row["grid_h"], row["grid_w"] = rec["grid"]
             rows.append(row)
-        if len(rows) >= 512:
-            written += _write(table, rows)
-            total += len(rows)
+        if len(rows) >= 512:  # after a whole video: one commit holds all clips of a video
+            w, r = _write(table, rows)
+            written, replaced, total = written + w, replaced + r, total + len(rows)
             rows = []
     if rows:
-        written += _write(table, rows)
-        total += len(rows)
-    return AggregateResult(name, agg.name, agg.spec(), len(frames), written, total)
+        w, r = _write(table, rows)
+        written, replaced, total = written + w, replaced + r, total + len(rows)
+    if written:
+        _maintain(table)
+    return AggregateResult(name, agg.name, agg.spec(), videos, written, total, replaced)
 
 
-def _write(table: Any, rows: list[dict[str, Any]]) -> int:
+def _maintain(table: Any) -> None:
+    """Compact the clip table and update its indices when its fragments or unindexed rows
+    pile up (each commit makes a fragment), as the feature writers do; one process at a time."""
+    if not needs_optimize(table, "id", MAINTAIN):
+        return
+    try:
+        with try_lock(table_store_path(table), table.name + MAINTAIN_SUFFIX) as mine:
+            if mine:  # else another process is compacting it
+                optimize(table)
+    except Exception as exc:  # noqa: BLE001 - the clips are committed; a failed compaction only costs speed
+        warnings.warn(f"compacting clip table {table.name} failed ({type(exc).__name__}: {exc})", stacklevel=1)
+
+
+def _write(table: Any, rows: list[dict[str, Any]]) -> tuple[int, int]:
     schema = table.schema
     cols: dict[str, Any] = {}
     for f in schema:
@@ -298,8 +389,69 @@ def _write(table: Any, rows: list[dict[str, Any]]) -> int:
             cols[f.name] = pa.ListArray.from_arrays(offsets, inner)
         else:
             cols[f.name] = pa.array(vals, f.type)
-    batch = pa.Table.from_pydict(cols, schema=schema)
-    return Store.write_features(table, batch)  # only clip ids not stored yet, under the table's lock
+    return commit_clips(table, pa.Table.from_pydict(cols, schema=schema))
+
+
+def _groups(t: pa.Table) -> dict[tuple[Any, Any, Any], tuple[set[str], set[str]]]:
+    """``{(video_id, window_s, stride_s): (clip ids, frame ids used)}`` of clip rows ``t``."""
+    out: dict[tuple[Any, Any, Any], tuple[set[str], set[str]]] = {}
+    cols = [t.column(c).to_pylist() for c in ("video_id", "window_s", "stride_s", "id", "frame_ids")]
+    for vid, w, s, cid, fids in zip(*cols):
+        ids, frames = out.setdefault((vid, w, s), (set(), set()))
+        ids.add(cid)
+        frames.update(fids or ())
+    return out
+
+
+def commit_clips(table: Any, batch: pa.Table) -> tuple[int, int]:
+    """Commit the clip rows ``batch`` (every clip of each of its videos for one window and
+    stride); returns (rows written, stored rows replaced).
+
+    Under the table's writer lock, per (video, window, stride):
+
+    * no clip stored: this batch's are appended;
+    * every frame this batch used is among those the stored clips were made from (a re-run,
+      or a run that read the video before more of its frames were committed): the stored
+      clips stay, nothing is written;
+    * this batch used frames the stored clips lack (committed since they were made): this
+      batch's clips replace them — updated by id, and stored clips this batch does not have
+      (e.g. a whole-video clip whose end moved) deleted, in one ``merge_insert`` commit, so
+      readers see the old clips or the new ones, never a video without clips.
+    """
+    if not batch.num_rows:
+        return 0, 0
+    new = _groups(batch)
+    vids = list(dict.fromkeys(v for v, _, _ in new))
+    with table_lock(table_store_path(table), table.name):
+        table.checkout_latest()
+        stored_parts = [
+            table.search().where(f"video_id IN ({sql_strings(vids[i : i + _IN_CHUNK])})")
+            .select(["id", "video_id", "window_s", "stride_s", "frame_ids"]).limit(None).to_arrow()
+            for i in range(0, len(vids), _IN_CHUNK)
+        ]
+        stored = _groups(pa.concat_tables(stored_parts)) if stored_parts else {}
+        take: set[tuple[Any, Any, Any]] = set()
+        stale: set[str] = set()  # stored clip ids of replaced groups that this batch does not have
+        for key, (ids, frames) in new.items():
+            old = stored.get(key)
+            if old is None:
+                take.add(key)
+            elif frames - old[1]:  # frames committed since the stored clips were made
+                take.add(key)
+                stale |= old[0] - ids
+        if not take:
+            return 0, 0
+        keys = list(zip(*(batch.column(c).to_pylist() for c in ("video_id", "window_s", "stride_s"))))
+        rows = conform(batch.filter(pa.array([k in take for k in keys])), table.schema)
+        replacing = [k for k in take if k in stored]
+        if not replacing:
+            table.add(rows)
+            return rows.num_rows, 0
+        merge = table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        if stale:
+            merge = merge.when_not_matched_by_source_delete(f"id IN ({sql_strings(sorted(stale))})")
+        res = merge.execute(rows)  # the rows carry distinct ids: one source row per target row
+        return rows.num_rows, int(res.num_updated_rows) + int(res.num_deleted_rows)
 
 
 def _register(store: Store, name: str, card: ModelCard, agg: Aggregator, spec_hash: str, dim: int, dense: bool) -> None:
@@ -328,12 +480,16 @@ def clip_tables(store: Store) -> list[dict[str, Any]]:
     if CLIPS_CATALOG not in store.table_names():
         return []
     names = set(store.table_names())
-    out = []
+    # the whole catalog, in memory: one row per clip table (bounded by the tables, not the clips)
+    out, seen = [], set()
     for r in store.db.open_table(CLIPS_CATALOG).to_arrow().sort_by("created_at").to_pylist():
+        if r["table"] in seen:  # a catalog row stored twice by an older version: listed once
+            continue
+        seen.add(r["table"])
         r["spec"] = json.loads(r["spec"])
         r["rows"] = store.db.open_table(r["table"]).count_rows() if r["table"] in names else 0
         out.append(r)
     return out
 
 
-__all__ = ["AggregateResult", "aggregate_videos", "clip_tables", "load_aggregators", "parse_aggregator", "parse_spec", "windows"]
+__all__ = ["AggregateResult", "aggregate_videos", "clip_tables", "commit_clips", "load_aggregators", "parse_aggregator", "parse_spec", "windows"]

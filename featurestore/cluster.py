@@ -16,6 +16,11 @@ They are added (null for every row) the first time and then filled by ``merge_in
 ``id``; rows written later hold nulls until the next run. The centroids go to a table
 ``<model table>-centroids-k{K}`` (k rows: ``cluster``, ``size``, unit ``centroid``, plus the
 seed and the feature-table versions they came from and went to), replaced on every run.
+
+Runs at once (one machine): the columns and the centroid table are written together under
+the feature table's writer lock, so they always come from the same fit — the last run's.
+A run whose fit read fewer rows of an older version than the fit already written (another
+run clustered rows committed since) writes nothing and says so in its ``note``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from featurestore.errors import ConfigError, StoreError
@@ -192,6 +198,7 @@ class ClusterResult:
     centroids_table: str
     seconds: float
     note: str | None = None
+    written: bool = True  # False: a concurrent run's fit of more rows was kept (see note)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,7 +223,7 @@ def _write_columns(table: Any, ids: list[str], fit: KMeansFit, k: int) -> int:
         pos = {v: i for i, v in reversed(list(enumerate(ids)))}
         first = sorted(pos.values())
         src = src.take(pa.array(first, pa.int64()))
-    with table_lock(table_store_path(table), table.name):  # ordered with the writers' commits
+    with table_lock(table_store_path(table), table.name):  # ordered with the writers' commits (re-entrant)
         table.checkout_latest()
         ensure_fields(table, want)
         # only the given columns are replaced; rows not in `src` (written since we read) keep theirs
@@ -268,29 +275,80 @@ def cluster(store: Any, model: str, k: int, *, seed: int = 0, max_iter: int = 10
     fit = kmeans(data["cls"], k, seed=seed, max_iter=max_iter)
     st = Store(_store_path(store))
     table = st.open_table(ds.table_name)  # the latest version, not the pinned one
-    version = _write_columns(table, list(ds.ids), fit, k)
     sizes = np.bincount(fit.labels, minlength=k)
     name = centroids_table_name(ds.table_name, k)
-    now = datetime.now(timezone.utc)
-    cent = pa.table(
-        {
-            "cluster": pa.array(np.arange(k), pa.int32()),
-            "size": pa.array(sizes, pa.int64()),
-            "centroid": pa.FixedSizeListArray.from_arrays(pa.array(fit.centroids.reshape(-1), pa.float32()), fit.centroids.shape[1]),
-            "model_hash": pa.array([ds.card.model_hash] * k, pa.string()),
-            "seed": pa.array([seed] * k, pa.int64()),
-            "source_version": pa.array([ds.version] * k, pa.int64()),
-            "table_version": pa.array([version] * k, pa.int64()),
-            "created_at": pa.array([now] * k, pa.timestamp("us", tz="UTC")),
-        }
-    )
-    st.db.create_table(name, cent, mode="overwrite")
+    version, kept = commit_fit(st, table, list(ds.ids), fit, seed=seed, model_hash=ds.card.model_hash, source_version=ds.version)
+    if kept is not None:
+        note = (
+            f"not written: another run wrote the {k}-means of {kept[1]} rows of version {kept[0]} meanwhile, "
+            f"newer than this run's {len(ds)} rows of version {ds.version}; it is kept (table version {version}). "
+            f"Fix: nothing to do; run cluster again to fit the latest rows."
+        )
+    else:
+        note = _index_note(table)
     return ClusterResult(
         table=ds.table_name, model_hash=ds.card.model_hash, k=k, seed=seed, rows=len(ds), column=column_names(k)[0],
         dist_column=column_names(k)[1], sizes=sizes.tolist(), inertia=fit.inertia, mean_dist=fit.inertia / len(ds),
         iterations=fit.iterations, converged=fit.converged, source_version=ds.version, version=version,
-        centroids_table=name, seconds=time.perf_counter() - t0, note=_index_note(table),
+        centroids_table=name, seconds=time.perf_counter() - t0, note=note, written=kept is None,
     )
+
+
+def commit_fit(
+    st: Any, table: Any, ids: list[str], fit: KMeansFit, *, seed: int, model_hash: str, source_version: int
+) -> tuple[int, tuple[int, int] | None]:
+    """Write a fit's columns and its centroid table as one step, unless the stored fit is newer.
+
+    Both writes happen under the feature table's writer lock (the centroid table's own lock
+    inside it, always in that order), so concurrent runs cannot leave the columns of one fit
+    beside the centroids of another, nor race LanceDB's overwrite of the centroid table
+    (a commit conflict or a panic). A fit is stale when the stored one read a later version
+    *and* more rows: a run that read rows committed since is not overwritten by one that
+    read fewer (rows only grow, except when ``doctor --repair`` drops duplicates; the stored
+    fit then read fewer rows, so a new run replaces it).
+
+    Args:
+        st: the store.
+        table: the feature table (any version: it is moved to the latest).
+        ids: the ids of the rows fitted, in ``fit``'s order.
+        fit: the fit.
+        seed: its seed.
+        model_hash: the table's model.
+        source_version: the table version the fitted rows were read at.
+
+    Returns:
+        (the table version holding the columns, None), or, when the stored fit is newer and
+        nothing was written, (the version holding its columns, (its source version, its rows)).
+    """
+    from featurestore.locks import table_lock
+
+    k = len(fit.centroids)
+    name = centroids_table_name(table.name, k)
+    with table_lock(st.path, table.name):
+        if name in st.table_names():
+            old = st.db.open_table(name).to_arrow()
+            if old.num_rows:
+                old = old.filter(pc.equal(old.column("created_at"), pc.max(old.column("created_at"))))  # the latest run's rows
+                old_src = pc.max(old.column("source_version")).as_py()
+                old_rows = pc.sum(old.column("size")).as_py()
+                if old_src > source_version and old_rows > len(ids):
+                    return pc.max(old.column("table_version")).as_py(), (old_src, old_rows)
+        version = _write_columns(table, ids, fit, k)
+        cent = pa.table(
+            {
+                "cluster": pa.array(np.arange(k), pa.int32()),
+                "size": pa.array(np.bincount(fit.labels, minlength=k), pa.int64()),
+                "centroid": pa.FixedSizeListArray.from_arrays(pa.array(fit.centroids.reshape(-1), pa.float32()), fit.centroids.shape[1]),
+                "model_hash": pa.array([model_hash] * k, pa.string()),
+                "seed": pa.array([seed] * k, pa.int64()),
+                "source_version": pa.array([source_version] * k, pa.int64()),
+                "table_version": pa.array([version] * k, pa.int64()),
+                "created_at": pa.array([datetime.now(timezone.utc)] * k, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        with table_lock(st.path, name):
+            st.db.create_table(name, cent, mode="overwrite")
+    return version, None
 
 
 def load_centroids(store: Any, model: str, k: int) -> np.ndarray:
@@ -307,7 +365,11 @@ def load_centroids(store: Any, model: str, k: int) -> np.ndarray:
     name = centroids_table_name(card.table, k)
     if name not in st.table_names():
         raise ConfigError(f"table {card.table} has no k-means with k={k}. Fix: run `featurestore cluster --model {card.table} --k {k}`.")
-    t = st.db.open_table(name).to_arrow().sort_by("cluster")
+    t = st.db.open_table(name).to_arrow().sort_by([("cluster", "ascending"), ("created_at", "descending")])
+    if t.num_rows > k:  # rows of two runs (a table written around featurestore): the latest run's, as doctor keeps
+        cl = t.column("cluster").to_pylist()
+        keep = [i for i in range(len(cl)) if i == 0 or cl[i] != cl[i - 1]]
+        t = t.take(pa.array(keep, pa.int64()))
     col = t.column("centroid").combine_chunks()
     return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
 

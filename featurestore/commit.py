@@ -1,6 +1,8 @@
 """The one commit path for keyed rows: lock, look up, append only what is new, maintain.
 
-Every write of feature, adapted, clip and catalog rows goes through :class:`Committer`:
+Every write of feature, adapted and catalog rows goes through :class:`Committer` (clip rows
+through :func:`featurestore.clips.commit_clips`, under the same lock, which also replaces
+clips made from part of a video):
 
 1. take the table's inter-process lock (:func:`featurestore.locks.table_lock`);
 2. refresh the table to its latest version (another process may have committed);
@@ -65,7 +67,8 @@ class MaintainPolicy:
     max_small_fragments: int = 64
     max_unindexed_rows: int = 250_000
     enabled: bool = True
-    background: bool = True  # False: compact inside commit() (deterministic, for tests and tools)
+    background: bool = True
+    prune_older_than: timedelta | None = None  # None: never prune versions (only caches do)  # False: compact inside commit() (deterministic, for tests and tools)
 
 
 @dataclass
@@ -118,12 +121,20 @@ def stored_keys(table: Any, keys: Sequence[str], column: str = "id") -> set[str]
     ``column`` it touches the index pages of those keys and scans only rows the index does
     not cover yet, never the whole table.
     """
-    found: set[str] = set()
+    return set(stored_pairs(table, keys, column, None))
+
+
+def stored_pairs(table: Any, keys: Sequence[str], column: str, value: str | None) -> dict[str, Any]:
+    """``{key: value column}`` for the ``keys`` stored in ``column`` (``value=None``: None
+    values), looked up as :func:`stored_keys` does."""
+    found: dict[str, Any] = {}
     uniq = list(dict.fromkeys(keys))
+    cols = [column] if value is None else [column, value]
     for i in range(0, len(uniq), LOOKUP_CHUNK):
         chunk = uniq[i : i + LOOKUP_CHUNK]
-        res = table.search().where(f"{column} IN ({sql_strings(chunk)})").select([column]).limit(None).to_arrow()
-        found.update(res.column(column).to_pylist())
+        res = table.search().where(f"{column} IN ({sql_strings(chunk)})").select(cols).limit(None).to_arrow()
+        vals = res.column(value).to_pylist() if value is not None else [None] * res.num_rows
+        found.update(zip(res.column(column).to_pylist(), vals))
     return found
 
 
@@ -152,9 +163,9 @@ def ensure_indices(table: Any, columns: Sequence[str]) -> list[str]:
     return made
 
 
-def optimize(table: Any) -> None:
-    """Compact small fragments and update every index, pruning no version."""
-    table.optimize(cleanup_older_than=NO_PRUNE)
+def optimize(table: Any, prune_older_than: timedelta | None = None) -> None:
+    """Compact small fragments and update every index, pruning no version (unless told to)."""
+    table.optimize(cleanup_older_than=prune_older_than or NO_PRUNE)
 
 
 class Committer:
@@ -341,7 +352,7 @@ class Committer:
                     return  # another process is compacting this table
                 import lancedb
 
-                optimize(lancedb.connect(self.store_path).open_table(self.name))
+                optimize(lancedb.connect(self.store_path).open_table(self.name), self.policy.prune_older_than)
                 self.optimizations += 1
         except Exception as exc:  # noqa: BLE001 - the rows are committed; a failed compaction only costs speed
             self.maintenance_error = exc
@@ -439,4 +450,5 @@ __all__ = [
     "needs_optimize",
     "optimize",
     "stored_keys",
+    "stored_pairs",
 ]

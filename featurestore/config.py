@@ -127,6 +127,9 @@ class ExtractConfig(_Model):
     commit_seconds: float = Field(
         2.0, ge=0.0, description="commit once the oldest waiting row has waited this long (a kill loses at most about this much work)"
     )
+    rehash: bool = Field(
+        False, description="read and hash every file, ignoring the store's stat cache (which skips stored files unread)"
+    )
 
 
 class ErrorRecord(_Model):

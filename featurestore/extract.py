@@ -29,6 +29,7 @@ from featurestore.loader import SourceDataset, make_loader, start_worker_server
 from featurestore.media import DECODE_POLICY
 from featurestore.commit import CommitResult, StoredIds
 from featurestore.paths import local_locations, source_uri
+from featurestore.statcache import StatCache, stat_rows
 from featurestore.store import ERRORS_SCHEMA, ERRORS_TABLE, Store, error_rows, feature_batch, table_name_for
 from featurestore.writer import TableWriter
 
@@ -174,7 +175,8 @@ def run_extraction(
     backbone.to(device)
 
     stored = StoredIds(store.path, card.table)  # asked by the workers, a chunk of files at a time
-    dataset = SourceDataset(sources, preprocessor, stored, config.max_pixels, sample if n_videos else None)
+    stat_cache = StatCache(store.path, enabled=not config.rehash)  # files read before are not read again
+    dataset = SourceDataset(sources, preprocessor, stored, config.max_pixels, sample if n_videos else None, stat_cache)
     loader = make_loader(dataset, batch_size=config.batch_size, workers=config.workers, pin_memory=device.type == "cuda")
     schema = table.schema
     seen: set[str] = set()  # ids of this run (same bytes under two paths are computed once)
@@ -193,6 +195,7 @@ def run_extraction(
         label=card.table,
     )
     error_writer: TableWriter | None = None
+    stat_writer: TableWriter | None = None
     writers = [writer, *(ad.writer for ad in adapted)]
     run_videos: list[str] = []  # video ids with frames in this run (new or already stored), in order
     run_videos_seen: set[str] = set()
@@ -205,6 +208,11 @@ def run_extraction(
     try:
         for batch in loader:
             batch_errors = list(batch.errors)
+            if batch.stat_records:
+                if stat_writer is None:  # the first run over a store creates the cache
+                    stat_writer = _stat_writer(store, config)
+                    writers.append(stat_writer)
+                stat_writer.put(stat_rows(batch.stat_records))
             run_videos.extend(v for v in batch.video_ids if v not in run_videos_seen)
             run_videos_seen.update(batch.video_ids)
             skipped_existing += len(batch.skipped)
@@ -305,6 +313,21 @@ def run_extraction(
         images_per_second=written / seconds if seconds > 0 else 0.0,
         error_samples=errors[:MAX_ERROR_SAMPLES],
         ok=(succeeded > 0 or not sources) and rate <= config.max_error_rate,
+    )
+
+
+def _stat_writer(store: Store, config: ExtractConfig) -> TableWriter:
+    """The writer of the store's stat cache (its old versions are pruned as it is compacted)."""
+    from featurestore.commit import MaintainPolicy
+    from featurestore.statcache import PRUNE_AFTER, STAT_TABLE, open_stat_table
+
+    return TableWriter(
+        open_stat_table(store.path),
+        key="key",
+        commit_rows=config.commit_rows,
+        commit_seconds=config.commit_seconds,
+        policy=MaintainPolicy(prune_older_than=PRUNE_AFTER),
+        label=STAT_TABLE,
     )
 
 

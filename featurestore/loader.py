@@ -63,12 +63,13 @@ class Batch:
     errors: list[ErrorRecord] = field(default_factory=list)
     sources_done: int = 0  # input files finished with this batch (for progress)
     video_ids: list[str] = field(default_factory=list)  # videos with frames (new or stored) in this batch
+    stat_records: list[Any] = field(default_factory=list)  # featurestore.statcache.StatRecord of files hashed
 
     def __len__(self) -> int:
         return sum(len(g.metas) for g in self.groups) + len(self.skipped) + len(self.errors)
 
     def pin_memory(self) -> "Batch":
-        return Batch([g.pin_memory() for g in self.groups], self.skipped, self.errors, self.sources_done, self.video_ids)
+        return Batch([g.pin_memory() for g in self.groups], self.skipped, self.errors, self.sources_done, self.video_ids, self.stat_records)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class _Item:
     payload: Any
     last: bool = True
     video_id: str | None = None  # set on frame items (ok or skip) of a video
+    stat: Any = None  # a StatRecord: this item's file was read and hashed, to be cached
 
 
 def _error(uri: str, cid: str | None, stage: str, exc: BaseException, timestamp_s: float | None = None) -> ErrorRecord:
@@ -106,6 +108,8 @@ def _file_sha256(uri: str) -> str:
 
 #: images read and hashed before one "which of these are stored?" question to the table
 CHECK_CHUNK = 32
+#: image files stat'ed per question to the stat cache (no bytes are held for these)
+STAT_CHUNK = 1024
 
 
 class SourceDataset(IterableDataset):
@@ -115,7 +119,9 @@ class SourceDataset(IterableDataset):
     one item per sampled frame, decoded as a stream (never the whole video in memory).
     ``stored`` says which ids are stored already (those are not decoded): a
     :class:`featurestore.commit.StoredIds` that asks the table by index, a chunk of
-    images (or one video) at a time, or a plain set.
+    images (or one video) at a time, or a plain set. ``stat_cache`` (a
+    :class:`featurestore.statcache.StatCache`) knows the ids of files read before: a stored
+    file it knows is skipped without being read.
     """
 
     def __init__(
@@ -125,12 +131,14 @@ class SourceDataset(IterableDataset):
         stored: Any,  # featurestore.commit.StoredIds, or a set of ids
         max_pixels: int | None,
         sample: Any = None,  # featurestore.video.SampleSpec for video files
+        stat_cache: Any = None,  # featurestore.statcache.StatCache, or None (read every file)
     ):
         self.uris = uris
         self.preprocessor = preprocessor
         self.stored = stored
         self.max_pixels = max_pixels
         self.sample = sample
+        self.stat_cache = stat_cache
 
     def _stored(self, ids: list[str]) -> tuple[set[str] | frozenset[str], int | None]:
         if isinstance(self.stored, (set, frozenset)):
@@ -143,29 +151,85 @@ class SourceDataset(IterableDataset):
         chunk: list[str] = []
         for uri in uris:
             if is_video_path(uri):
+                yield from self._image_chunk(chunk)  # sources keep their order
+                chunk = []
                 yield from _with_last(self._video_items(uri))
                 continue
             chunk.append(uri)
-            if len(chunk) >= CHECK_CHUNK:
-                yield from self._image_items(chunk)
+            if len(chunk) >= STAT_CHUNK:
+                yield from self._image_chunk(chunk)
                 chunk = []
-        yield from self._image_items(chunk)
+        yield from self._image_chunk(chunk)
 
-    def _image_items(self, uris: list[str]) -> Iterator[_Item]:
-        read: list[tuple[str, bytes, str]] = []
+    def _image_chunk(self, uris: list[str]) -> Iterator[_Item]:
+        """Items of ``uris`` in their order: those the stat cache knows and the table holds
+        are skipped unread; the rest are read and asked about :data:`CHECK_CHUNK` at a time."""
+        if not uris:
+            return
+        known: dict[str, str] = {}
+        stats: dict[str, Any] = {}
+        if self.stat_cache is not None:
+            known, stats = self.stat_cache.lookup(uris)
+        stored_known: set[str] | frozenset[str] = set()
+        known_version: int | None = None
+        if known:
+            stored_known, known_version = self._stored(list(dict.fromkeys(known.values())))
+        window: list[str] = []
         for uri in uris:
+            cid = known.get(uri)
+            if cid is not None and cid in stored_known and not window:
+                yield _Item("skip", (cid, uri))
+                continue
+            window.append(uri)
+            if len(window) >= CHECK_CHUNK:
+                yield from self._image_items(window, known, stats, stored_known, known_version)
+                window = []
+        yield from self._image_items(window, known, stats, stored_known, known_version)
+
+    def _image_items(
+        self,
+        uris: list[str],
+        known: dict[str, str] | None = None,
+        stats: dict[str, Any] | None = None,
+        stored_known: set[str] | frozenset[str] = frozenset(),
+        known_version: int | None = None,
+    ) -> Iterator[_Item]:
+        from featurestore.statcache import record_for
+
+        known = known or {}
+        stats = stats or {}
+        # (uri, bytes or None when skipped unread, cid, stat record) in input order
+        read: list[tuple[str, bytes | None, str, Any]] = []
+        for uri in uris:
+            cid = known.get(uri)
+            if cid is not None and cid in stored_known:
+                read.append((uri, None, cid, None))  # stored, and the cache says these are its bytes
+                continue
             try:
                 data = Path(uri).read_bytes()
             except OSError as exc:
                 yield _Item("error", _read_error(uri, exc))
                 continue
-            read.append((uri, data, content_id(data)))
+            real = content_id(data)
+            st = stats.get(uri)
+            rec = record_for(uri, st, real) if self.stat_cache is not None and st is not None and real != cid else None
+            read.append((uri, data, real, rec))
         if not read:
             return
-        stored, version = self._stored([cid for _, _, cid in read])
+        # files the cache knew (with these bytes) were found absent at known_version already
+        ask = [cid for uri, data, cid, _ in read if data is not None and cid != known.get(uri)]
+        fresh, version = self._stored(ask) if ask else (set(), None)
         while read:
-            uri, data, cid = read.pop(0)  # each file's bytes are released once it is done
-            yield self._image_item(uri, data, cid, stored, version)
+            uri, data, cid, rec = read.pop(0)  # each file's bytes are released once it is done
+            if data is None:
+                yield _Item("skip", (cid, uri))
+                continue
+            if cid == known.get(uri):
+                item = self._image_item(uri, data, cid, frozenset(), known_version)
+            else:
+                item = self._image_item(uri, data, cid, fresh, version)
+            item.stat = rec
+            yield item
 
     def _image_item(self, uri: str, data: bytes, cid: str, stored: set[str] | frozenset[str], version: int | None) -> _Item:
         if cid in stored:
@@ -182,13 +246,23 @@ class SourceDataset(IterableDataset):
         return _Item("ok", (meta, pre.pixel_values))
 
     def _video_items(self, uri: str) -> Iterator[_Item]:
+        """Items of one video's sampled frames; the first carries the file's stat record."""
+        rec: list[Any] = []
+        for n, item in enumerate(self._frames(uri, rec)):
+            if n == 0 and rec:
+                item.stat = rec[0]  # not an item of its own: batches stay what they were
+            yield item
+
+    def _frames(self, uri: str, rec_out: list[Any]) -> Iterator[_Item]:
         from featurestore.video import DEFAULT_SAMPLE, iter_frames, parse_sample
 
         try:
-            vid = _file_sha256(uri)
+            vid, rec = self._video_id(uri)
         except OSError as exc:
             yield _Item("error", _read_error(uri, exc))
             return
+        if rec is not None:
+            rec_out.append(rec)
         if isinstance(self.stored, (set, frozenset)):
             stored, version = self.stored, None
         else:
@@ -219,6 +293,20 @@ class SourceDataset(IterableDataset):
             yield _Item("ok", (meta, pre.pixel_values), video_id=vid)
 
 
+    def _video_id(self, uri: str) -> tuple[str, Any]:
+        """(the video file's SHA-256, a stat record to cache when it was hashed here)."""
+        from featurestore.statcache import record_for
+
+        if self.stat_cache is None:
+            return _file_sha256(uri), None
+        known, stats = self.stat_cache.lookup([uri])
+        if uri in known:
+            return known[uri], None
+        vid = _file_sha256(uri)
+        st = stats.get(uri)
+        return vid, (record_for(uri, st, vid) if st is not None else None)
+
+
 def _with_last(items: Iterator[_Item]) -> Iterator[_Item]:
     """Mark the final item of a source (one item of lookahead); a source with no items
     at all (a video where nothing was sampled) still counts as finished."""
@@ -240,6 +328,8 @@ def collate(items: list[_Item]) -> Batch:
     by_shape: dict[tuple[int, ...], tuple[list[torch.Tensor], list[Meta]]] = {}
     for it in items:
         batch.sources_done += int(it.last)
+        if it.stat is not None:
+            batch.stat_records.append(it.stat)
         if it.video_id is not None and it.video_id not in batch.video_ids:
             batch.video_ids.append(it.video_id)
         if it.kind == "error":

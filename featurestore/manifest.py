@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from featurestore import __version__
 from featurestore.config import Manifest, ManifestTable
+from featurestore.extsort import external_sorted
 from featurestore.hashing import canonical_json
 from featurestore.store import ERRORS_TABLE, MODELS_TABLE, Store
 
@@ -30,7 +31,9 @@ MANIFEST_FORMAT = "featurestore-manifest/1"
 VOLATILE = frozenset({"run_id", "created_at"})
 #: columns that say where a row's source lies (absolute paths differ between copies of a dataset)
 LOCATION = frozenset({"uri"})
-_CHUNK = 4096
+_CHUNK = 4096  # rows per streamed batch at most
+_BATCH_BYTES = 64 << 20  # … and about this many bytes (dense rows are wide)
+_SORT_RUN = 65_536  # (key, row hash) pairs sorted in memory at once (about 20 MiB)
 
 
 def _drop_times(obj: Any) -> Any:
@@ -69,17 +72,19 @@ def _cell_bytes(col: pa.Array, name: str = "") -> list[bytes]:
     return [b"\x01" + r if ok else b"\x00" for r, ok in zip(rows, valid)]
 
 
-def content_digest(table: Any) -> tuple[str, int]:
-    """(SHA-256 over the rows' values in id order, rows) of a LanceDB table.
+def _batch_rows(table: Any, cols: list[str]) -> int:
+    """Rows per streamed batch: :data:`_CHUNK`, fewer when rows are wide (patch tokens), so a
+    batch holds about :data:`_BATCH_BYTES` whatever the table stores."""
+    if not table.count_rows():
+        return _CHUNK
+    sample = table.search().select(cols).limit(8).to_arrow()
+    width = max(1, sample.nbytes // max(1, sample.num_rows))
+    return max(1, min(_CHUNK, _BATCH_BYTES // width))
 
-    Tables without an ``id`` column (catalogs, centroids) are digested in the order of their
-    first column's values.
-    """
-    schema = table.schema
-    cols = [f.name for f in schema if f.name not in VOLATILE | LOCATION]
-    key = "id" if "id" in cols else cols[0]
-    row_hashes: list[tuple[Any, bytes]] = []
-    for batch in table.search().select(cols).limit(None).to_batches(_CHUNK):
+
+def _row_hashes(table: Any, cols: list[str], key: str) -> Iterator[tuple[str, bytes]]:
+    """(repr of the row's key, SHA-256 of its values) per row, streamed in batches."""
+    for batch in table.search().select(cols).limit(None).to_batches(_batch_rows(table, cols)):
         parts = [_cell_bytes(batch.column(c), c) for c in cols]
         keys = batch.column(key).to_pylist()
         for i, k in enumerate(keys):
@@ -87,13 +92,28 @@ def content_digest(table: Any) -> tuple[str, int]:
             for p in parts:
                 h.update(struct.pack("<Q", len(p[i])))
                 h.update(p[i])
-            row_hashes.append((repr(k), h.digest()))
-    row_hashes.sort()
+            yield repr(k), h.digest()
+
+
+def content_digest(table: Any) -> tuple[str, int]:
+    """(SHA-256 over the rows' values in id order, rows) of a LanceDB table.
+
+    Tables without an ``id`` column (catalogs, centroids) are digested in the order of their
+    first column's values. The order is that of ``(repr(key), row hash)``; it is reached with
+    bounded memory whatever the table's size (:func:`featurestore.extsort.external_sorted`:
+    beyond :data:`_SORT_RUN` rows, sorted runs of (key, 32-byte hash) go to a temporary
+    directory, about 110 bytes a row, and are merged).
+    """
+    schema = table.schema
+    cols = [f.name for f in schema if f.name not in VOLATILE | LOCATION]
+    key = "id" if "id" in cols else cols[0]
     h = hashlib.sha256(MANIFEST_FORMAT.encode())
     h.update(",".join(cols).encode())
-    for _, rh in row_hashes:
+    rows = 0
+    for _, rh in external_sorted(_row_hashes(table, cols, key), run=_SORT_RUN):
         h.update(rh)
-    return h.hexdigest(), len(row_hashes)
+        rows += 1
+    return h.hexdigest(), rows
 
 
 def _kinds(store: Store) -> dict[str, tuple[str, Any]]:

@@ -18,7 +18,7 @@ import re
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ import pyarrow as pa
 from featurestore.commit import Committer, MaintainPolicy, ensure_indices, index_columns
 from featurestore.config import ErrorRecord, ModelCard
 from featurestore.errors import MissingDependencyError, StoreError, StoreNotFoundError, UnknownModelError
+from featurestore.extsort import external_sorted
 from featurestore.locks import table_lock
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 MODELS_TABLE = "models"
 ERRORS_TABLE = "errors"
 _TS = pa.timestamp("us", tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ERRORS_BATCH = 8192  # error rows per streamed batch
+ERRORS_SORT_RUN = 16_384  # error rows held at once when they must be put in time order
 
 MODELS_SCHEMA = pa.schema(
     [
@@ -292,8 +296,13 @@ class Store:
     def cards(self) -> list[ModelCard]:
         if MODELS_TABLE not in self.table_names():
             return []
+        # the whole catalog, in memory: one row per model (bounded by the models, not the images)
         rows = self.db.open_table(MODELS_TABLE).to_arrow().sort_by("created_at").to_pylist()
-        return [ModelCard.model_validate_json(r["card"]) for r in rows]
+        # a model registered twice (by racing older versions): its earliest row, as doctor keeps
+        first: dict[str, Any] = {}
+        for r in rows:
+            first.setdefault(r["model_hash"], r)
+        return [ModelCard.model_validate_json(r["card"]) for r in rows if first[r["model_hash"]] is r]
 
     def card(self, ref: str) -> ModelCard:
         """Find a model by full hash, hash prefix (≥ 6 hex), table name or backbone name."""
@@ -368,11 +377,69 @@ class Store:
             return
         self._open_or_create(ERRORS_TABLE, ERRORS_SCHEMA).add(error_rows(records, run_id=run_id, model_hash=model_hash, backbone=backbone))
 
-    def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
+    def _errors_query(self, run_id: str | None) -> tuple[Any, str | None] | None:
+        """(the ``errors`` table pinned at its current version, the SQL filter for ``run_id``),
+        or None when the store has no ``errors`` table."""
         if ERRORS_TABLE not in self.table_names():
-            return []
-        q = self.db.open_table(ERRORS_TABLE).search()
-        if run_id is not None:  # filtered by LanceDB: only that run's rows are read into Python
-            q = q.where("run_id = '" + run_id.replace("'", "''") + "'")
-        return q.limit(None).to_arrow().sort_by("created_at").to_pylist()
+            return None
+        table = self.db.open_table(ERRORS_TABLE)
+        table.checkout(table.version)  # both passes of iter_errors read the same rows
+        # filtered by LanceDB: only that run's rows are read into Python
+        return table, None if run_id is None else "run_id = '" + run_id.replace("'", "''") + "'"
 
+    def count_errors(self, run_id: str | None = None) -> int:
+        """How many error rows the store holds (of run ``run_id``), without reading them."""
+        got = self._errors_query(run_id)
+        if got is None:
+            return 0
+        table, flt = got
+        return int(table.count_rows(flt))
+
+    def iter_errors(self, run_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """The error rows (of run ``run_id``) oldest first, as :meth:`errors`, streamed.
+
+        Memory does not grow with the table. Rows are read :data:`ERRORS_BATCH` at a time;
+        a first pass over ``created_at`` alone checks that the table already holds them in
+        time order (one writer at a time commits them so), and then they are yielded as
+        read. Runs that committed errors at the same time can interleave them out of order:
+        then they are put in order by :func:`featurestore.extsort.external_sorted` (stable,
+        like the sort it replaces; past :data:`ERRORS_SORT_RUN` rows, on temporary files).
+        """
+        got = self._errors_query(run_id)
+        if got is None:
+            return
+        table, flt = got
+
+        def scan(cols: list[str]) -> Iterator[pa.RecordBatch]:
+            q = table.search().select(cols)
+            if flt is not None:
+                q = q.where(flt)
+            return iter(q.limit(None).to_batches(ERRORS_BATCH))
+
+        in_order, last = True, None
+        for rb in scan(["created_at"]):
+            col = rb.column(0)
+            if col.null_count:  # sort_by puts nulls last: not the table's order
+                in_order = False
+                break
+            ts = col.cast(pa.int64()).to_numpy()
+            if len(ts) and ((last is not None and ts[0] < last) or bool((ts[1:] < ts[:-1]).any())):
+                in_order = False
+                break
+            last = ts[-1] if len(ts) else last
+        rows = (r for rb in scan(table.schema.names) for r in rb.to_pylist())
+        if in_order:
+            yield from rows
+        else:
+            yield from external_sorted(rows, key=_created_key, run=ERRORS_SORT_RUN)
+
+    def errors(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Every error row (of run ``run_id``), oldest first. The list grows with the rows
+        asked for: :meth:`iter_errors` streams them, :meth:`count_errors` counts them."""
+        return list(self.iter_errors(run_id))
+
+
+def _created_key(row: dict[str, Any]) -> tuple[bool, datetime]:
+    """Sort key of an error row: by ``created_at``, nulls last (as ``pyarrow``'s ``sort_by``)."""
+    ts = row["created_at"]
+    return (ts is None, ts if ts is not None else _EPOCH)

@@ -27,6 +27,7 @@ from featurestore.store import Store
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_PATCH_COS = 0.999
+_SCAN = 65_536  # row ids per streamed batch
 
 
 @dataclass
@@ -96,7 +97,6 @@ def verify(
     from featurestore.api import create_backbone
     from featurestore.extract import resolve_device
     from featurestore.loader import _file_sha256
-    from featurestore.readers import FeatureDataset
     from featurestore.search import encode_image, encode_pil, verify_image_backbone
 
     st = store if isinstance(store, Store) else Store(store)
@@ -121,13 +121,13 @@ def verify(
     report.weights_ok = True
     dev = resolve_device(device)
     backbone.to(dev)
-    columns = ["cls", "uri", "video_id"] + (["patches"] if card.dense else [])
-    ds = FeatureDataset(st.path, card.table, columns=columns)
+    table = st.open_table(card.table)
+    table.checkout(table.version)  # the rows counted are the rows sampled
+    rows = int(table.count_rows())
     skipped: dict[str, int] = {}
-    pick = np.sort(np.random.default_rng(seed).choice(len(ds), min(sample, len(ds)), replace=False)) if len(ds) else []
     diffs: list[dict[str, Any]] = []
     patch_cos_min: float | None = None
-    for item in ds.__getitems__(list(pick)) if len(pick) else []:
+    for item in _sampled_rows(table, rows, sample, seed, card.dense):
         uri = item["uri"]
         path = split_fragment(resolve_source(uri, roots))[0]
         try:
@@ -148,12 +148,12 @@ def verify(
                 skipped["video frame not found again"] = skipped.get("video frame not found again", 0) + 1
                 continue
             enc = encode_pil(backbone, card, frame, dev, dense=card.dense)
-        stored = item["cls"].numpy()
+        stored = item["cls"]
         d = float(np.max(np.abs(enc["cls"] - stored)))
         c = float(_cos(enc["cls"], stored))
         row = {"id": item["id"], "uri": uri, "max_abs_cls": d, "cos_cls": c}
         if card.dense and enc["patches"] is not None:
-            pc = float(np.min(_cos(enc["patches"].astype(np.float16).astype(np.float32), item["patches"].numpy())))
+            pc = float(np.min(_cos(enc["patches"].astype(np.float16).astype(np.float32), item["patches"])))
             row["min_cos_patches"] = pc
             patch_cos_min = pc if patch_cos_min is None else min(patch_cos_min, pc)
         diffs.append(row)
@@ -165,7 +165,7 @@ def verify(
         report.worst = sorted(diffs, key=lambda r: -r["max_abs_cls"])[:5]
     report.min_cos_patches = patch_cos_min
     if not diffs:
-        report.message = _nothing_checked(card.table, len(ds), skipped)
+        report.message = _nothing_checked(card.table, rows, skipped)
         if report.missing:
             report.message += " " + missing_message(report.missing[0], resolve_source(report.missing[0], roots), bool(roots))
     elif report.max_abs_cls > atol or (patch_cos_min is not None and patch_cos_min < patch_cos):
@@ -179,6 +179,61 @@ def verify(
         report.ok = True
         report.message = f"{len(diffs)} rows re-extracted within tolerance (max |cls difference| {report.max_abs_cls:.3g})."
     return report
+
+
+def _sample_rowids(table: Any, rows: int, sample: int, seed: int) -> np.ndarray:
+    """Row ids of ``sample`` rows drawn (seeded) among the ``rows`` rows in row-id order.
+
+    The positions drawn are those :class:`~featurestore.readers.FeatureDataset` would give
+    (it orders rows by row id), so the sample is the one verify always took; but only the
+    row-id column is streamed, and only the drawn ids are kept while the scan meets rows in
+    row-id order (as appends leave them). A table whose scan order differs (fragments
+    reordered by compaction) keeps its row ids, 8 bytes a row, to sort them.
+    """
+    if not rows:
+        return np.empty(0, np.int64)
+    pick = np.sort(np.random.default_rng(seed).choice(rows, min(sample, rows), replace=False))
+
+    def scan() -> Any:
+        return table.search().select(["id"]).with_row_id(True).limit(None).to_batches(_SCAN)
+
+    chosen: list[np.ndarray] = []
+    seen, last = 0, -1
+    for rb in scan():
+        rid = rb.column("_rowid").to_numpy()
+        if len(rid) and not (rid[0] > last and (rid[1:] > rid[:-1]).all()):
+            break  # not in row-id order: positions cannot be told as the scan goes
+        lo, hi = np.searchsorted(pick, [seen, seen + len(rid)])
+        chosen.append(rid[pick[lo:hi] - seen])
+        seen += len(rid)
+        last = int(rid[-1]) if len(rid) else last
+    else:
+        return np.concatenate(chosen) if chosen else np.empty(0, np.int64)
+    every = np.sort(np.concatenate([rb.column("_rowid").to_numpy() for rb in scan()]))
+    return every[pick]
+
+
+def _sampled_rows(table: Any, rows: int, sample: int, seed: int, dense: bool) -> list[dict[str, Any]]:
+    """The sampled rows (``id``, ``uri``, ``video_id``, ``cls`` and maybe ``patches`` as
+    float32 arrays), in row-id order: one take of the drawn rows."""
+    rowids = _sample_rowids(table, rows, sample, seed)
+    if not len(rowids):
+        return []
+    # a table made before video support has no video_id column until its next write
+    cols = [c for c in ["id", "uri", "video_id", "cls"] + (["patches"] if dense else []) if c in table.schema.names]
+    got = table.take_row_ids(rowids.tolist()).select(cols).with_row_id().to_arrow()
+    got = got.take(np.argsort(got.column("_rowid").to_numpy()))
+    cls = got.column("cls").combine_chunks()
+    vids = got.column("video_id").to_pylist() if "video_id" in cols else [None] * got.num_rows
+    items = [{"id": i, "uri": u, "video_id": v} for i, u, v in zip(got.column("id").to_pylist(), got.column("uri").to_pylist(), vids)]
+    x = cls.values.to_numpy(zero_copy_only=False).reshape(len(cls), cls.type.list_size)  # (n, D)
+    for item, row in zip(items, x):
+        item["cls"] = row
+    if dense:
+        width = got.schema.field("patches").type.value_type.list_size
+        for item, p in zip(items, got.column("patches").combine_chunks()):
+            item["patches"] = p.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32)  # (N, P)
+    return items
 
 
 def _nothing_checked(table: str, rows: int, skipped: dict[str, int]) -> str:

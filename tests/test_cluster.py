@@ -201,3 +201,34 @@ def test_a_table_holding_duplicate_ids_is_read_and_clustered(tmp_path):
     rows = FeatureStore(path).table(table.name).to_arrow().to_pylist()
     assert len(rows) == n + 10 and all(r["cluster_k3"] is not None for r in rows)
     assert res.rows == n + 10
+
+
+def test_a_fit_of_fewer_older_rows_never_overwrites_a_newer_one(tmp_path):
+    """Two runs at once, one of which read the table before more rows were committed: the
+    fit of more rows keeps its columns and centroids whichever run commits last; a fit of
+    the same rows (another seed) replaces both, and they always come from one fit."""
+    from featurestore.cluster import commit_fit
+
+    path = tmp_path / "s"
+    st = Store(path)
+    table = st.register_model(_card("12" * 32))
+    rng = np.random.default_rng(4)
+    _write(table, 0, _planted(rng, 60, 3)[0])
+    early = FeatureDataset(path, table.name, columns=["cls"])  # the slow run reads 60 rows, then fits them
+    stale = kmeans(early.to_numpy(["cls"])["cls"], 3, seed=1)
+    _write(table, 1000, _planted(rng, 30, 3)[0])
+    newer = cluster(path, table.name, 3, seed=0)  # meanwhile another run fits all 90
+    rows, cent = _rows(path, table.name), load_centroids(path, table.name, 3)
+    version, kept = commit_fit(st, table, list(early.ids), stale, seed=1, model_hash=early.card.model_hash, source_version=early.version)
+    assert kept == (newer.source_version, 90) and version == newer.version
+    assert _rows(path, table.name) == rows
+    np.testing.assert_array_equal(load_centroids(path, table.name, 3), cent)
+    # the same 90 rows with another seed: written, columns and centroids together
+    again = cluster(path, table.name, 3, seed=5)
+    assert again.written and again.note is None
+    cents = FeatureStore(path).table(again.centroids_table).to_arrow()
+    assert set(cents.column("seed").to_pylist()) == {5} and set(cents.column("table_version").to_pylist()) == {again.version}
+    got = _rows(path, table.name)
+    x = np.array([got[i]["cls"] for i in got], np.float32)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert (unit @ load_centroids(path, table.name, 3).T).argmax(1).tolist() == [got[i]["cluster_k3"] for i in got]

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from featurestore import FeatureStore
@@ -130,3 +131,76 @@ def test_aggregators_are_listed_from_the_plugin(capsys):
     assert items["trimmed-mean"]["plugin"] == "featurestore-temporal"
     assert main(["aggregators"]) == 0
     assert "trimmed-mean" in capsys.readouterr().out
+
+
+def test_clips_of_part_of_a_video_are_replaced_once_more_frames_are_stored(extracted, tmp_path):
+    """A video aggregated while its frames were still being committed (``aggregate`` beside
+    ``extract``): once the rest is stored, aggregating again replaces those clips with the
+    clips of every frame, and clips made from fewer frames never overwrite them."""
+    from featurestore.clips import commit_clips
+    from featurestore.store import Store
+
+    store, s = extracted
+    frames = FeatureStore(store).table(s.table).to_arrow().sort_by("timestamp_s")
+    card = Store(store).card(s.table)  # the same model in new stores: the same clip ids
+    table = Store(tmp_path / "s").register_model(card)
+    Store.write_features(Store(tmp_path / "all").register_model(card), frames)
+    full = FeatureStore(tmp_path / "all")
+    early = np.zeros(frames.num_rows, bool)
+    for vid in set(frames.column("video_id").to_pylist()):  # the first half of each video's frames
+        pos = [i for i, v in enumerate(frames.column("video_id").to_pylist()) if v == vid]
+        early[pos[: len(pos) // 2]] = True
+    Store.write_features(table, frames.filter(pa.array(early)))
+    fs = FeatureStore(tmp_path / "s")
+    for window in (None, 1.0):
+        fs.aggregate(s.table, "mean", window=window)
+    res = fs.aggregate(s.table, "mean")
+    partial = fs.table(res.table).to_arrow()
+    Store.write_features(table, frames.filter(pa.array(~early)))
+    whole, windowed = fs.aggregate(s.table, "mean"), fs.aggregate(s.table, "mean", window=1.0)
+    assert whole.replaced == 2 and windowed.replaced > 0  # the 2 whole-video clips, and windows that gained frames
+    # the same clips as aggregating the complete videos
+    assert {full.aggregate(s.table, "mean").table, full.aggregate(s.table, "mean", window=1.0).table} == {res.table}
+
+    def clips(fs_: FeatureStore) -> dict[str, tuple]:
+        return {
+            r["id"]: (r["video_id"], r["window_s"], r["frame_ids"], r["n_frames"])
+            for r in fs_.table(res.table).to_arrow().to_pylist()
+        }
+
+    got = clips(fs)
+    assert got == clips(full) and len(got) == fs.table(res.table).count_rows()
+    # a run that read the videos before the rest of their frames came commits nothing
+    assert commit_clips(fs.table(res.table), partial) == (0, 0)
+    assert clips(fs) == got
+
+
+def test_aggregations_compact_the_clip_table_as_it_grows(tmp_path, monkeypatch):
+    """Each aggregation that writes makes a fragment; past the policy's limit the clip table
+    is compacted (as feature tables are by their writers)."""
+    from datetime import datetime, timezone
+
+    from featurestore import clips
+    from featurestore.commit import MaintainPolicy
+    from featurestore.config import ModelCard
+    from featurestore.store import Store, feature_batch
+
+    monkeypatch.setattr(clips, "MAINTAIN", MaintainPolicy(max_small_fragments=3))
+    card = ModelCard(
+        model_hash="77" * 32, weights_sha256="0" * 64, backbone="toy", table="toy-777777777777", plugin="test", plugin_version="0",
+        weights_source="memory", architecture="Toy", dim=4, dense=False, preprocessing={}, output_spec={}, decode_policy={},
+        library_versions={}, created_at=datetime.now(timezone.utc),
+    )
+    table = Store(tmp_path / "s").register_model(card)
+    fs = FeatureStore(tmp_path / "s")
+    for v in range(8):  # one more video per aggregation: one commit each
+        ids = [f"{v:032x}{i:032x}" for i in range(3)]
+        Store.write_features(table, feature_batch(
+            table.schema, ids=ids, uris=[f"/v/{v}.mp4"] * 3, sizes=[(8, 8)] * 3, crop_boxes=np.zeros((3, 4)),
+            cls=np.ones((3, 4), np.float32), patches=None, grids=None, run_id="r", video_ids=[f"video{v}"] * 3,
+            timestamps=[0.0, 0.5, 1.0], frame_indices=[0, 1, 2],
+        ))
+        res = fs.aggregate(card.table, "mean")
+        assert res.written == 1
+    stats = fs.table(res.table).stats()["fragment_stats"]
+    assert stats["num_small_fragments"] <= 4 and fs.table(res.table).count_rows() == 8
