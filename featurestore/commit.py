@@ -53,9 +53,12 @@ NO_PRUNE = timedelta(days=365 * 100)
 PRUNE_GRACE = timedelta(minutes=15)
 #: with pylance, the background maintenance prunes at most this often (and the writer on close)
 PRUNE_EVERY_S = 60.0
-#: index pages and metadata each connection the commit path opens itself may cache
-#: (LanceDB's default is gigabytes: a process looking ids up in a 10M-key index kept ~500 MB)
-INDEX_CACHE_BYTES = 64 << 20
+#: index pages and metadata each connection the commit path opens itself may cache. Keys are
+#: random, so lookups touch index pages uniformly: an unbounded cache (LanceDB's default is
+#: gigabytes) ends up holding the whole index — +600 MiB in a process that made 100 checks of
+#: 32 ids against 10M keys, +860 MiB after 12 lookups of 4,096; 16 MiB: +108 MiB, the 32-id
+#: checks 50-70 ms instead of 40 ms, the 4,096-key lookups about 3x slower (docs/benchmarks.md)
+INDEX_CACHE_BYTES = 16 << 20
 METADATA_CACHE_BYTES = 64 << 20
 #: the lock file (``<table>.maintain.lock``) held by the one process compacting a table
 MAINTAIN_SUFFIX = ".maintain"
@@ -201,6 +204,18 @@ def connect(store_path: str) -> Any:
     return lancedb.connect(store_path, session=session)
 
 
+def _bounded_handle(table: Any, store_path: str, name: str) -> Any:
+    """``table`` opened again through :func:`connect` when the store is a local directory."""
+    from featurestore.locks import is_local
+
+    if not is_local(store_path):
+        return table
+    try:
+        return connect(store_path).open_table(name)
+    except Exception:  # noqa: BLE001 - e.g. a table this store path does not list: keep the caller's
+        return table
+
+
 class Committer:
     """Commits groups of rows to one table, inserting only keys not stored yet.
 
@@ -213,6 +228,7 @@ class Committer:
         self.table = table  # a handle of its own: this committer moves it to the latest version
         self.name = str(table.name)
         self.store_path = table_store_path(table)
+        self._lookup: Any = None  # the handle lookups go through (bounded caches), opened on the first
         self.key = key
         self.policy = policy or MaintainPolicy()
         self._mutex = threading.Lock()
@@ -338,11 +354,21 @@ class Committer:
                 need.extend(self._maybe_own(ids, absent_at))
             tables.append(rows)
         combined = _concat([(t, None) for t in tables], table.schema)
-        found = stored_keys(table, need, key) if need else set()
+        found = stored_keys(self._lookup_handle(table), need, key) if need else set()
         if found:
             mask = pa.array([k not in found for k in combined.column(key).to_pylist()])
             combined = combined.filter(mask)
         return combined, len(need), total - combined.num_rows
+
+    def _lookup_handle(self, table: Any) -> Any:
+        """A handle at ``table``'s version whose index cache is bounded (:func:`connect`); the
+        caller's handle where the store is not a local directory."""
+        if self._lookup is None:
+            self._lookup = _bounded_handle(table, self.store_path, self.name)
+        if self._lookup is not table:
+            self._lookup.checkout_latest()  # under the writer lock: the version `table` is at, or a
+            # compaction after it (which adds no key)
+        return self._lookup
 
     def _maybe_own(self, ids: list[str], absent_at: int) -> list[str]:
         """Keys that may equal one this committer stored after ``absent_at`` (prefix match)."""
