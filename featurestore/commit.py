@@ -42,8 +42,11 @@ import pyarrow as pa
 
 from featurestore.locks import table_lock, try_lock
 
-#: keys per ``IN (…)`` query: long lists amortise the per-query overhead (measured best at 4–10k)
-LOOKUP_CHUNK = 4096
+#: keys per ``IN (…)`` query. Stored keys are random, so a query of a few thousand keys
+#: already reads most pages of a large index; with the bounded cache below, each query reads
+#: them again: at 10M keys, 50,000 keys took 77 s in queries of 4,096 and 10 s in one query
+#: (an unbounded cache: 8-20 s, +875 MiB)
+LOOKUP_CHUNK = 65536
 #: LanceDB prunes versions older than 7 days inside ``optimize`` unless told otherwise, and
 #: refuses to when that reaches a tagged version: without pylance, writes never prune
 #: (``featurestore cleanup`` does)
@@ -241,7 +244,8 @@ class Committer:
         self._indexed = not index  # catalogs (a few rows) need no index
         self._probe: Any = None  # a second handle, for reading the row count of other versions
         self._maint_thread: threading.Thread | None = None
-        self._kept_fragments: int | None = None  # pylance: fragments the last compaction left alone
+        self._uri: str | None | bool = False  # the Lance dataset for the pylance path (False: not looked up)
+        self._kept_fragments = 0  # pylance: fragments the last compaction left alone
         self._pruned_at = time.monotonic()  # the first prune is due PRUNE_EVERY_S after start (or on close)
         self.optimizations = 0  # maintenance runs that compacted or updated an index
         self.compactions = 0  # of those, the ones that rewrote fragments
@@ -423,11 +427,11 @@ class Committer:
         return True
 
     def _dataset_uri(self, table: Any) -> str | None:
-        if not hasattr(self, "_uri"):
+        if self._uri is False:
             from featurestore.maintenance import dataset_uri
 
             self._uri = dataset_uri(table)
-        return self._uri
+        return self._uri  # type: ignore[return-value]
 
     def _run_maintenance(self, prune_only: bool = False) -> None:
         try:
@@ -464,16 +468,16 @@ class Committer:
             self.pruned_bytes += got.bytes
 
 
-def needs_optimize(table: Any, key: str | None, policy: MaintainPolicy, kept_fragments: int | None = -1) -> bool:
+def needs_optimize(table: Any, key: str | None, policy: MaintainPolicy, kept_fragments: int | None = None) -> bool:
     """Too many small fragments, or too many rows outside the key's index.
 
     ``kept_fragments`` (the pylance path, whose compaction leaves large fragments alone): the
-    fragments its last compaction left alone (None: not known yet) — fragments beyond those
-    count as small; the maintenance thread looks closer."""
+    fragments its last compaction left alone; the others count as small (the maintenance
+    thread looks closer). None: LanceDB's count of small fragments."""
     try:
         frag = table.stats()["fragment_stats"]
-        if kept_fragments is None or kept_fragments >= 0:
-            small = int(frag["num_fragments"]) - (kept_fragments or 0)
+        if kept_fragments is not None:
+            small = int(frag["num_fragments"]) - kept_fragments
         else:
             small = int(frag["num_small_fragments"])
         if small > policy.max_small_fragments:
