@@ -42,10 +42,8 @@ import pyarrow as pa
 
 from featurestore.locks import table_lock, try_lock
 
-#: keys per ``IN (…)`` query. Stored keys are random, so a query of a few thousand keys
-#: already reads most pages of a large index; with the bounded cache below, each query reads
-#: them again: at 10M keys, 50,000 keys took 77 s in queries of 4,096 and 10 s in one query
-#: (an unbounded cache: 8-20 s, +875 MiB)
+#: keys per ``IN (…)`` query: random keys, so a few thousand already touch most pages of a
+#: large index, read again by every query through the bounded cache below (docs/benchmarks.md)
 LOOKUP_CHUNK = 65536
 #: LanceDB prunes versions older than 7 days inside ``optimize`` unless told otherwise, and
 #: refuses to when that reaches a tagged version: without pylance, writes never prune
@@ -56,11 +54,9 @@ NO_PRUNE = timedelta(days=365 * 100)
 PRUNE_GRACE = timedelta(minutes=15)
 #: with pylance, the background maintenance prunes at most this often (and the writer on close)
 PRUNE_EVERY_S = 60.0
-#: index pages and metadata each connection the commit path opens itself may cache. Keys are
-#: random, so lookups touch index pages uniformly: an unbounded cache (LanceDB's default is
-#: gigabytes) ends up holding the whole index — +600 MiB in a process that made 100 checks of
-#: 32 ids against 10M keys, +860 MiB after 12 lookups of 4,096; 16 MiB: +108 MiB, the 32-id
-#: checks 50-70 ms instead of 40 ms, the 4,096-key lookups about 3x slower (docs/benchmarks.md)
+#: index pages and metadata each connection the commit path opens itself may cache: lookups of
+#: random keys touch every index page, and LanceDB's default cache (gigabytes) ends up holding
+#: the whole index in each process (+600 MiB at 10M keys; docs/benchmarks.md)
 INDEX_CACHE_BYTES = 16 << 20
 METADATA_CACHE_BYTES = 64 << 20
 #: the lock file (``<table>.maintain.lock``) held by the one process compacting a table
@@ -450,22 +446,19 @@ class Committer:
             warnings.warn(f"maintaining table {self.name} failed ({type(exc).__name__}: {exc}); writes go on", stacklevel=1)
 
     def _maintain_fast(self, uri: str, prune_only: bool) -> None:
-        """pylance: delta index segments, bounded compaction, pruning (see the module docstring)."""
-        from featurestore.maintenance import compact_small, open_dataset, prune_superseded, update_indices
+        from featurestore.maintenance import maintain_fast
 
         p = self.policy
-        if not prune_only:
-            did = bool(update_indices(open_dataset(uri), p.max_unindexed_rows))
-            metrics, self._kept_fragments = compact_small(open_dataset(uri), p.max_small_fragments)
-            if metrics is not None:
-                did = True
-                self.compactions += 1
-            self.optimizations += did
-        if p.prune_grace is not None and (prune_only or time.monotonic() - self._pruned_at >= PRUNE_EVERY_S):
-            got = prune_superseded(open_dataset(uri), p.prune_grace)
+        prune = p.prune_grace is not None and (prune_only or time.monotonic() - self._pruned_at >= PRUNE_EVERY_S)
+        got = maintain_fast(uri, p, prune=prune, prune_only=prune_only)
+        self.optimizations += got.updated or got.compacted
+        self.compactions += got.compacted
+        if got.kept_fragments is not None:
+            self._kept_fragments = got.kept_fragments
+        if prune:
             self._pruned_at = time.monotonic()
-            self.pruned_versions += got.versions
-            self.pruned_bytes += got.bytes
+            self.pruned_versions += got.pruned.versions
+            self.pruned_bytes += got.pruned.bytes
 
 
 def needs_optimize(table: Any, key: str | None, policy: MaintainPolicy, kept_fragments: int | None = None) -> bool:

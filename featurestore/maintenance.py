@@ -335,6 +335,32 @@ def compact_small(
     return metrics, len(keep)
 
 
+@dataclass
+class FastMaintenance:
+    """What one run of :func:`maintain_fast` did."""
+
+    updated: bool = False  # an index got the rows it did not cover
+    compacted: bool = False
+    kept_fragments: int | None = None  # fragments the compaction left alone (None: not looked at)
+    pruned: "Pruned" = field(default_factory=lambda: Pruned())
+
+
+def maintain_fast(uri: str, policy: Any, *, prune: bool, prune_only: bool = False) -> FastMaintenance:
+    """A writer's background maintenance on the pylance path (the caller holds the table's
+    maintenance lock): delta index segments (:func:`update_indices`) past
+    ``policy.max_unindexed_rows`` uncovered rows, compaction of small fragments
+    (:func:`compact_small`) past ``policy.max_small_fragments``, then (``prune``) pruning of
+    versions replaced more than ``policy.prune_grace`` ago (:func:`prune_superseded`)."""
+    out = FastMaintenance()
+    if not prune_only:
+        out.updated = bool(update_indices(open_dataset(uri), policy.max_unindexed_rows))
+        metrics, out.kept_fragments = compact_small(open_dataset(uri), policy.max_small_fragments)
+        out.compacted = metrics is not None
+    if prune and policy.prune_grace is not None:
+        out.pruned = prune_superseded(open_dataset(uri), policy.prune_grace)
+    return out
+
+
 def _utc(ts: datetime) -> datetime:
     # Lance gives naive local times (datetime.fromtimestamp); astimezone reads them so
     return ts.astimezone(timezone.utc)
@@ -404,6 +430,7 @@ __all__ = [
     "compact",
     "compact_small",
     "dataset_uri",
+    "maintain_fast",
     "merge_count",
     "merge_indices",
     "open_dataset",
