@@ -247,8 +247,8 @@ class _Layout:
         rows = {f.fragment_id: int(f.metadata.physical_rows) for f in ds.get_fragments()}
         out = cls(rows)
         for d in ds.describe_indices():
-            segs = [(set(s.fragment_ids), 0) for s in d.segments]
-            out.segments[d.name] = [(f, sum(rows.get(i, 0) for i in f)) for f, _ in segs]
+            frags = [set(seg.fragment_ids) for seg in d.segments]
+            out.segments[d.name] = [(f, sum(rows.get(i, 0) for i in f)) for f in frags]
             out.scalar[d.name] = "BTree" in str(d.type_url) or "Bitmap" in str(d.type_url)
         return out
 
