@@ -164,7 +164,7 @@ def prefill(root: Path, size: int, dense: bool) -> Path:
 
 
 def measure(path: Path, size: int, rows: int, lookup_rows: int, bsz: int, dense: bool) -> dict[str, Any]:
-    from featurestore.commit import CommitResult, Committer, StoredIds
+    from featurestore.commit import Committer, StoredIds
     from featurestore.store import Store
     from featurestore.writer import TableWriter
 
