@@ -19,12 +19,18 @@ rows go through exactly what ``featurestore extract`` uses:
   of 1,000 rows; bytes on disk per row against the raw vector bytes, after the run and after
   ``featurestore compact`` (which drops old versions' files).
 
+With pylance (``lance``) importable the write path takes its fast path (delta index segments,
+compaction of small fragments only, pruning of replaced versions when the writers close);
+``--no-pylance`` measures the LanceDB-only path in the same environment (``lance`` made
+unimportable in every process of the benchmark).
+
 Ids are SHA-256 hex of a counter, like content ids. Vectors are random. The machine may be
 shared: ``os.getloadavg()`` is recorded around every phase.
 
 Usage:
     python bench/bench_scale.py --dir /tmp/fs_bench_scale --sizes 0,100000,1000000 --out bench/out/scale.json
     python bench/bench_scale.py --dir /tmp/fs_bench_scale --dense --sizes 0,20000 --rows 4000 --out bench/out/scale_dense.json
+    python bench/bench_scale.py --dir /tmp/fs_bench_scale --sizes 0,1000000 --no-pylance --out bench/out/scale_nolance.json
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import resource
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +55,14 @@ import pyarrow as pa
 
 DIM, TOKENS = 384, 256
 T0 = time.perf_counter()
+
+
+class _NoPylance:
+    """A finder that makes ``import lance`` fail, as when pylance is not installed."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "lance" or name.startswith("lance."):
+            raise ModuleNotFoundError(f"No module named {name!r} (--no-pylance)")
 
 
 def log(msg: str) -> None:
@@ -91,6 +106,13 @@ def batch(schema: pa.Schema, lo: int, hi: int, dense: bool, rng: np.random.Gener
         crop_boxes=np.tile(np.float32([0, 0, 640, 480]), (n, 1)), cls=cls, patches=patches,
         grids=[(16, 16)] * n if dense else None, run_id="bench",
     )
+
+
+def cpu_s() -> float:
+    """CPU seconds this process has used (every thread: the writer's, the maintenance's): less
+    sensitive than wall time to what else runs on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def du(path: Path) -> int:
@@ -142,7 +164,7 @@ def prefill(root: Path, size: int, dense: bool) -> Path:
 
 
 def measure(path: Path, size: int, rows: int, lookup_rows: int, bsz: int, dense: bool) -> dict[str, Any]:
-    from featurestore.commit import CommitResult, Committer, StoredIds
+    from featurestore.commit import Committer, StoredIds
     from featurestore.store import Store
     from featurestore.writer import TableWriter
 
@@ -162,31 +184,42 @@ def measure(path: Path, size: int, rows: int, lookup_rows: int, bsz: int, dense:
             yield batch(schema, i, min(lo + n, i + bsz), dense, rng, pool)
 
     base = 10**9 + size  # ids the pre-fill never used
-    t = time.perf_counter()
+    t, cpu0 = time.perf_counter(), cpu_s()
     for _ in pieces(base, min(rows, 20_000)):
         pass
     produce_s = (time.perf_counter() - t) * rows / min(rows, 20_000)
-    optimized = []
-    w = TableWriter(store.db.open_table(name), on_commit=lambda r: optimized.append(r.optimized), label=name)
+    produce_cpu = (cpu_s() - cpu0) * rows / min(rows, 20_000)
+    from featurestore.maintenance import pylance
+
+    lance = pylance()
+    out["pylance"] = getattr(lance, "__version__", None)
+    ages = [time.time() - v["timestamp"].timestamp() for v in table.list_versions()]
+    out["prefill_versions"] = len(ages)
+    out["prefill_newest_age_s"] = min(ages)  # with pylance, versions replaced > 15 min ago are pruned on close
+    w = TableWriter(store.db.open_table(name), label=name)
     v0 = int(table.version)
-    t = time.perf_counter()
+    t, cpu0 = time.perf_counter(), cpu_s()
     for p in pieces(base, rows):
         w.put(p, absent_at=v0)
     w.close()
-    dt = time.perf_counter() - t
-    out["sustained"] = {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "producer_only_s": produce_s, "commits": w.commits,
-                        "compactions": sum(optimized), "inserted": w.inserted, "load": os.getloadavg()}
+    dt, cpu = time.perf_counter() - t, cpu_s() - cpu0
+    c = w.committer
+    out["sustained"] = {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "cpu_s": cpu, "producer_only_s": produce_s, "producer_cpu_s": produce_cpu, "commits": w.commits,
+                        "maintenance_runs": c.optimizations, "compactions": c.compactions, "pruned_versions": c.pruned_versions,
+                        "pruned_mib": c.pruned_bytes / 2**20, "inserted": w.inserted, "load": os.getloadavg()}
     out["sustained"]["peak_rss_mib"] = vm_kib("VmHWM") / 1024
-    log(f"size {size}: sustained {rows / dt:,.0f} rows/s ({w.commits} commits, {sum(optimized)} compactions; producer alone {produce_s:.1f} s of {dt:.1f} s)")
+    out["sustained"]["rss_mib"] = vm_kib("VmRSS") / 1024
+    log(f"size {size}: sustained {rows / dt:,.0f} rows/s, {cpu:.0f} CPU s ({w.commits} commits, {c.optimizations} maintenance runs, "
+        f"{c.compactions} compactions, {c.pruned_versions} versions pruned; producer alone {produce_s:.1f} s of {dt:.1f} s)")
 
     if lookup_rows:
         w = TableWriter(store.db.open_table(name), label=name)
-        t = time.perf_counter()
+        t, cpu0 = time.perf_counter(), cpu_s()
         for p in pieces(base + rows, lookup_rows):
             w.put(p)  # absent_at unknown: every commit looks its ids up by index
         w.close()
-        dt = time.perf_counter() - t
-        out["lookup_path"] = {"rows": lookup_rows, "seconds": dt, "rows_per_s": lookup_rows / dt, "commits": w.commits, "load": os.getloadavg(),
+        dt, cpu = time.perf_counter() - t, cpu_s() - cpu0
+        out["lookup_path"] = {"rows": lookup_rows, "seconds": dt, "rows_per_s": lookup_rows / dt, "cpu_s": cpu, "commits": w.commits, "load": os.getloadavg(),
                               "peak_rss_mib": vm_kib("VmHWM") / 1024}
         log(f"size {size}: with lookups {lookup_rows / dt:,.0f} rows/s")
 
@@ -235,6 +268,7 @@ def measure(path: Path, size: int, rows: int, lookup_rows: int, bsz: int, dense:
     table.take_offsets(offsets).select(["cls"] + (["patches"] if dense else [])).to_arrow()
     out["take_1000_s"] = time.perf_counter() - t
     out["disk_bytes_per_row"] = du(path / f"{name}.lance") / n
+    out["versions_after"] = len(table.list_versions())
     out["raw_bytes_per_row"] = raw_bytes(1, dense)
     out["load_after"] = os.getloadavg()
     return out
@@ -259,9 +293,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="rows per put (a forward batch)")
     ap.add_argument("--dense", action="store_true", help="256x384 float16 patch tokens per row too")
     ap.add_argument("--in-place-from", type=int, default=5_000_000, help="measure tables this big in place, not on a copy")
+    ap.add_argument("--no-pylance", action="store_true", help="make `import lance` fail: the LanceDB-only write path")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.no_pylance:
+        sys.meta_path.insert(0, _NoPylance())
     if args.child:
         path, size = args.child.rsplit(":", 1)
         res = measure(Path(path), int(size), args.rows, args.lookup_rows, args.batch, args.dense)
@@ -281,7 +318,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             shutil.copytree(path, work)
         cmd = [sys.executable, __file__, "--child", f"{work}:{size}", "--rows", str(args.rows), "--lookup-rows",
-               str(args.lookup_rows), "--batch", str(args.batch)] + (["--dense"] if args.dense else [])
+               str(args.lookup_rows), "--batch", str(args.batch)] + (["--dense"] if args.dense else []) + (
+                   ["--no-pylance"] if args.no_pylance else [])
         res = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
         res["disk_bytes_per_row_compacted"] = compacted_bytes_per_row(work, args.dense)
         shutil.rmtree(work)

@@ -10,9 +10,13 @@ clips made from part of a video):
    found with an indexed ``key IN (…)`` lookup (a BTREE scalar index on ``id``);
 4. ``add()`` the rest: an append, whose cost does not grow with the table;
 5. every few commits, when small fragments or rows the index does not cover pile up,
-   compact and bring the indices up to date (``optimize``) on a background thread. That
-   adds no key, so it needs no writer lock (appends go on beside it); a second lock file
-   keeps it to one process at a time.
+   compact and bring the indices up to date on a background thread. That adds no key, so
+   it needs no writer lock (appends go on beside it); a second lock file keeps it to one
+   process at a time. With pylance importable (:func:`featurestore.maintenance.pylance`) the
+   index gets a small delta segment instead of merging every stored key, only small
+   fragments are compacted, and untagged versions replaced more than :data:`PRUNE_GRACE`
+   ago are pruned (also when the writer closes); without it LanceDB's ``optimize`` does
+   both steps and no version is pruned.
 
 Step 3's lookup is skipped when it cannot find anything: a caller that checked its ids
 against version ``V`` of the table (``absent_at=V``, e.g. the extraction workers) needs no
@@ -28,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -39,11 +44,23 @@ import pyarrow as pa
 
 from featurestore.locks import table_lock, try_lock
 
-#: keys per ``IN (…)`` query: long lists amortise the per-query overhead (measured best at 4–10k)
-LOOKUP_CHUNK = 4096
+#: keys per ``IN (…)`` query: random keys, so a few thousand already touch most pages of a
+#: large index, read again by every query through the bounded cache below (docs/benchmarks.md)
+LOOKUP_CHUNK = 65536
 #: LanceDB prunes versions older than 7 days inside ``optimize`` unless told otherwise, and
-#: refuses to when that reaches a tagged version: writes never prune (``featurestore cleanup`` does)
+#: refuses to when that reaches a tagged version: without pylance, writes never prune
+#: (``featurestore cleanup`` does)
 NO_PRUNE = timedelta(days=365 * 100)
+#: with pylance, an untagged version stays at least this long after a newer one replaced it:
+#: a reader that opened it while it was the latest can finish (docs/guarantees.md)
+PRUNE_GRACE = timedelta(minutes=15)
+#: with pylance, the background maintenance prunes at most this often (and the writer on close)
+PRUNE_EVERY_S = 60.0
+#: index pages and metadata each connection the commit path opens itself may cache: lookups of
+#: random keys touch every index page, and LanceDB's default cache (gigabytes) ends up holding
+#: the whole index in each process (+600 MiB at 10M keys; docs/benchmarks.md)
+INDEX_CACHE_BYTES = 16 << 20
+METADATA_CACHE_BYTES = 64 << 20
 #: the lock file (``<table>.maintain.lock``) held by the one process compacting a table
 MAINTAIN_SUFFIX = ".maintain"
 #: own commits whose keys are remembered (for skipping lookups), and at most this many keys
@@ -61,14 +78,22 @@ class MaintainPolicy:
             target size (each append makes one).
         max_unindexed_rows: update the indices when more rows than this are not in the
             ``id`` index (a lookup scans those rows' ids).
+        prune_older_than: without pylance, versions older than this go inside LanceDB's
+            ``optimize`` (None: never).
+        prune_grace: with pylance, untagged versions replaced more than this long ago go
+            (None: never).
     """
 
     check_every: int = 4
     max_small_fragments: int = 64
     max_unindexed_rows: int = 250_000
     enabled: bool = True
-    background: bool = True
-    prune_older_than: timedelta | None = None  # None: never prune versions (only caches do)  # False: compact inside commit() (deterministic, for tests and tools)
+    background: bool = True  # False: maintain inside commit() (deterministic, for tests and tools)
+    # without pylance: versions older than this are pruned inside LanceDB's optimize (None:
+    # never; it fails on a tagged version, so only tables nobody tags use it)
+    prune_older_than: timedelta | None = None
+    # with pylance: prune untagged versions replaced more than this long ago (None: never)
+    prune_grace: timedelta | None = PRUNE_GRACE
 
 
 @dataclass
@@ -168,6 +193,30 @@ def optimize(table: Any, prune_older_than: timedelta | None = None) -> None:
     table.optimize(cleanup_older_than=prune_older_than or NO_PRUNE)
 
 
+def connect(store_path: str) -> Any:
+    """A LanceDB connection whose caches are bounded (:data:`INDEX_CACHE_BYTES`), for the
+    handles the commit path opens itself (version probes, worker lookups, maintenance)."""
+    import lancedb
+
+    try:
+        session = lancedb.Session(index_cache_size_bytes=INDEX_CACHE_BYTES, metadata_cache_size_bytes=METADATA_CACHE_BYTES)
+    except (AttributeError, TypeError):  # pragma: no cover - a LanceDB without sessions
+        return lancedb.connect(store_path)
+    return lancedb.connect(store_path, session=session)
+
+
+def _bounded_handle(table: Any, store_path: str, name: str) -> Any:
+    """``table`` opened again through :func:`connect` when the store is a local directory."""
+    from featurestore.locks import is_local
+
+    if not is_local(store_path):
+        return table
+    try:
+        return connect(store_path).open_table(name)
+    except Exception:  # noqa: BLE001 - e.g. a table this store path does not list: keep the caller's
+        return table
+
+
 class Committer:
     """Commits groups of rows to one table, inserting only keys not stored yet.
 
@@ -180,6 +229,7 @@ class Committer:
         self.table = table  # a handle of its own: this committer moves it to the latest version
         self.name = str(table.name)
         self.store_path = table_store_path(table)
+        self._lookup: Any = None  # the handle lookups go through (bounded caches), opened on the first
         self.key = key
         self.policy = policy or MaintainPolicy()
         self._mutex = threading.Lock()
@@ -192,7 +242,13 @@ class Committer:
         self._indexed = not index  # catalogs (a few rows) need no index
         self._probe: Any = None  # a second handle, for reading the row count of other versions
         self._maint_thread: threading.Thread | None = None
-        self.optimizations = 0  # compactions this committer ran
+        self._uri: str | None | bool = False  # the Lance dataset for the pylance path (False: not looked up)
+        self._kept_fragments = 0  # pylance: fragments the last compaction left alone
+        self._pruned_at = time.monotonic()  # the first prune is due PRUNE_EVERY_S after start (or on close)
+        self.optimizations = 0  # maintenance runs that compacted or updated an index
+        self.compactions = 0  # of those, the ones that rewrote fragments
+        self.pruned_versions = 0  # versions this committer's maintenance deleted (pylance)
+        self.pruned_bytes = 0
         self.maintenance_error: BaseException | None = None
 
     def commit(self, parts: Sequence[tuple[pa.Table, int | None]] | pa.Table, absent_at: int | None = None) -> CommitResult:
@@ -242,6 +298,14 @@ class Committer:
         if t is not None:
             t.join()
 
+    def close(self) -> None:
+        """Wait for the background maintenance, then (with pylance) prune the untagged versions
+        replaced more than ``policy.prune_grace`` ago: a run leaves no old files behind but
+        those a reader may still need. Failures only warn (the rows are committed)."""
+        self.wait()
+        if self.policy.enabled and self.policy.prune_grace is not None and self._dataset_uri(self.table) is not None:
+            self._run_maintenance(prune_only=True)
+
     def _may_have_added(self, since: int | None, upto: int) -> bool:
         """Whether the commits ``since+1 .. upto`` may have added rows.
 
@@ -254,9 +318,7 @@ class Committer:
             return True
         try:
             if self._probe is None:
-                import lancedb
-
-                self._probe = lancedb.connect(self.store_path).open_table(self.name)
+                self._probe = connect(self.store_path).open_table(self.name)
             probe = self._probe
             probe.checkout(since)
             prev = probe.count_rows()
@@ -294,11 +356,21 @@ class Committer:
                 need.extend(self._maybe_own(ids, absent_at))
             tables.append(rows)
         combined = _concat([(t, None) for t in tables], table.schema)
-        found = stored_keys(table, need, key) if need else set()
+        found = stored_keys(self._lookup_handle(table), need, key) if need else set()
         if found:
             mask = pa.array([k not in found for k in combined.column(key).to_pylist()])
             combined = combined.filter(mask)
         return combined, len(need), total - combined.num_rows
+
+    def _lookup_handle(self, table: Any) -> Any:
+        """A handle at ``table``'s version whose index cache is bounded (:func:`connect`); the
+        caller's handle where the store is not a local directory."""
+        if self._lookup is None:
+            self._lookup = _bounded_handle(table, self.store_path, self.name)
+        if self._lookup is not table:
+            self._lookup.checkout_latest()  # under the writer lock: the version `table` is at, or a
+            # compaction after it (which adds no key)
+        return self._lookup
 
     def _maybe_own(self, ids: list[str], absent_at: int) -> list[str]:
         """Keys that may equal one this committer stored after ``absent_at`` (prefix match)."""
@@ -323,11 +395,13 @@ class Committer:
             self._evicted_max = max(self._evicted_max, old.version)
 
     def _maintain(self, table: Any) -> bool:
-        """Every ``check_every`` commits, start a compaction in the background if one is due.
+        """Every ``check_every`` commits, start the maintenance in the background if it is due.
 
         Compaction and index updates add no key, so they need not hold the writer lock:
         appends go on beside them (Lance rebases an append over a compaction). A second
-        lock file makes sure one process at a time compacts a table; others skip.
+        lock file makes sure one process at a time maintains a table; others skip. With
+        pylance the background thread decides itself what is due (reading the manifest is
+        cheap) and prunes at most every :data:`PRUNE_EVERY_S`.
         """
         p = self.policy
         if not p.enabled:
@@ -336,34 +410,72 @@ class Committer:
         if self._since_check < p.check_every or (self._maint_thread is not None and self._maint_thread.is_alive()):
             return False
         self._since_check = 0
-        if not needs_optimize(table, self.key, p):
+        if self._dataset_uri(table) is None:
+            if not needs_optimize(table, self.key, p):
+                return False
+        elif not (p.prune_grace is not None and time.monotonic() - self._pruned_at >= PRUNE_EVERY_S) and not needs_optimize(
+            table, self.key, p, kept_fragments=self._kept_fragments
+        ):
             return False
         if not p.background:
-            self._optimize()
+            self._run_maintenance()
             return True
-        self._maint_thread = threading.Thread(target=self._optimize, name=f"featurestore-compact-{self.name}", daemon=True)
+        self._maint_thread = threading.Thread(target=self._run_maintenance, name=f"featurestore-compact-{self.name}", daemon=True)
         self._maint_thread.start()
         return True
 
-    def _optimize(self) -> None:
+    def _dataset_uri(self, table: Any) -> str | None:
+        if self._uri is False:
+            from featurestore.maintenance import dataset_uri
+
+            self._uri = dataset_uri(table)
+        return self._uri  # type: ignore[return-value]
+
+    def _run_maintenance(self, prune_only: bool = False) -> None:
         try:
             with try_lock(self.store_path, self.name + MAINTAIN_SUFFIX) as mine:
                 if not mine:
-                    return  # another process is compacting this table
-                import lancedb
-
-                optimize(lancedb.connect(self.store_path).open_table(self.name), self.policy.prune_older_than)
-                self.optimizations += 1
+                    return  # another process is maintaining this table
+                uri = self._dataset_uri(self.table)
+                if uri is not None:
+                    self._maintain_fast(uri, prune_only)
+                elif not prune_only:
+                    optimize(connect(self.store_path).open_table(self.name), self.policy.prune_older_than)
+                    self.optimizations += 1
+                    self.compactions += 1
         except Exception as exc:  # noqa: BLE001 - the rows are committed; a failed compaction only costs speed
             self.maintenance_error = exc
-            warnings.warn(f"compacting table {self.name} failed ({type(exc).__name__}: {exc}); writes go on", stacklevel=1)
+            warnings.warn(f"maintaining table {self.name} failed ({type(exc).__name__}: {exc}); writes go on", stacklevel=1)
+
+    def _maintain_fast(self, uri: str, prune_only: bool) -> None:
+        from featurestore.maintenance import maintain_fast
+
+        p = self.policy
+        prune = p.prune_grace is not None and (prune_only or time.monotonic() - self._pruned_at >= PRUNE_EVERY_S)
+        got = maintain_fast(uri, p, prune=prune, prune_only=prune_only)
+        self.optimizations += got.updated or got.compacted
+        self.compactions += got.compacted
+        if got.kept_fragments is not None:
+            self._kept_fragments = got.kept_fragments
+        if prune:
+            self._pruned_at = time.monotonic()
+            self.pruned_versions += got.pruned.versions
+            self.pruned_bytes += got.pruned.bytes
 
 
-def needs_optimize(table: Any, key: str | None, policy: MaintainPolicy) -> bool:
-    """Too many small fragments, or too many rows outside the key's index."""
+def needs_optimize(table: Any, key: str | None, policy: MaintainPolicy, kept_fragments: int | None = None) -> bool:
+    """Too many small fragments, or too many rows outside the key's index.
+
+    ``kept_fragments`` (the pylance path, whose compaction leaves large fragments alone): the
+    fragments its last compaction left alone; the others count as small (the maintenance
+    thread looks closer). None: LanceDB's count of small fragments."""
     try:
         frag = table.stats()["fragment_stats"]
-        if int(frag["num_small_fragments"]) > policy.max_small_fragments:
+        if kept_fragments is not None:
+            small = int(frag["num_fragments"]) - kept_fragments
+        else:
+            small = int(frag["num_small_fragments"])
+        if small > policy.max_small_fragments:
             return True
         if key:
             for idx in table.list_indices():
@@ -419,9 +531,7 @@ class StoredIds:
 
     def _latest(self) -> tuple[Any, int]:
         if self._table is None:
-            import lancedb
-
-            self._table = lancedb.connect(self.store_path).open_table(self.table_name)
+            self._table = connect(self.store_path).open_table(self.table_name)
         self._table.checkout_latest()
         return self._table, int(self._table.version)
 

@@ -9,7 +9,9 @@ stops the writer; the next ``put`` (or ``close``) raises :class:`StoreError` on 
 caller's thread, saying how many rows were committed before.
 
 A killed process loses what was not committed yet: at most ``commit_seconds`` of work
-plus what sits in the queue.
+plus what sits in the queue. ``close`` waits for the committer's background maintenance and,
+with pylance, prunes the untagged versions replaced more than
+:data:`featurestore.commit.PRUNE_GRACE` ago.
 """
 
 from __future__ import annotations
@@ -132,7 +134,9 @@ class TableWriter:
             if self._queue is not None:
                 self._put_item(None, check=False)
                 self._thread.join(timeout=60)  # type: ignore[union-attr]
-            self.committer.wait()  # a compaction in progress ends before the run does
+            # a compaction in progress ends before the run does; with pylance, versions
+            # replaced more than the grace period ago are pruned
+            self.committer.close()
         self._raise_if_failed()
 
     def abort(self) -> None:
