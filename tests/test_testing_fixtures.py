@@ -105,7 +105,11 @@ def test_opting_in_gives_the_fs_fixtures_and_old_names_warn(tmp_path: Path):
     )
     out = _run_pytest(suite)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(r"\b3 passed, 3 warnings\b", out.stdout), out.stdout
+    assert re.search(r"\b3 passed\b", out.stdout), out.stdout
+    # one DeprecationWarning per old name (pytest may add its own warnings, e.g. on a fresh install
+    # that "featurestore.testing" was imported before it could be assertion-rewritten)
+    for name in ("image_dir", "store_path", "answer"):
+        assert f"the pytest fixture '{name}' is deprecated" in out.stdout, out.stdout
     for old, new in (("image_dir", "fs_image_dir"), ("store_path", "fs_store_path"), ("answer", "fs_answer")):
         assert f"DeprecationWarning: the pytest fixture '{old}' is deprecated" in out.stdout
         assert f"use '{new}'" in out.stdout
